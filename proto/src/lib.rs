@@ -1,0 +1,17 @@
+//! Generated protobuf and gRPC code for meshreg's own APIs.
+//!
+//! Generated code only: conversions to domain types live in the crates that
+//! own those types. Built with a vendored `protoc` (see `build.rs`).
+//!
+//! Layout:
+//! - [`registry::v1`]: `meshreg.registry.v1`, the registry API
+//!   (`proto/meshreg/registry/v1/registry.proto`).
+
+/// `meshreg.registry.*` packages.
+pub mod registry {
+    /// `meshreg.registry.v1`: the registry API.
+    #[allow(missing_docs, clippy::all, missing_debug_implementations)]
+    pub mod v1 {
+        tonic::include_proto!("meshreg.registry.v1");
+    }
+}

@@ -1,0 +1,653 @@
+//! The registry state machine's data and its apply logic: plain data and
+//! plain functions, no I/O (the openraft adapter in `store` feeds it).
+//!
+//! Layout of the state: namespaces → applications → (instance ids,
+//! service revisions); a slab of instances addressed by `u32` ordinal; the
+//! [`Index`] over those ordinals; sessions with the ordinals bound to them;
+//! the derived service → application mapping; and the [`Feed`] of changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResponse};
+use crate::error::Error;
+use crate::feed::{EventKind, Feed, FeedEvent};
+use crate::index::Index;
+use crate::model::{
+    Application, Instance, InstanceKey, Namespace, Registration, ServiceDef, ServiceRevision,
+    DEFAULT_NAMESPACE,
+};
+use crate::selector::Selector;
+
+#[derive(Debug, Clone)]
+struct RevisionState {
+    services: Arc<[ServiceDef]>,
+    /// Instances advertising this revision.
+    refs: u32,
+}
+
+#[derive(Debug, Default)]
+struct AppState {
+    /// Instance id → ordinal.
+    ids: HashMap<String, u32>,
+    /// Revision id → services and reference count.
+    revisions: BTreeMap<String, RevisionState>,
+}
+
+#[derive(Debug, Default)]
+struct NamespaceState {
+    labels: BTreeMap<String, String>,
+    apps: HashMap<String, AppState>,
+    /// Service → application → number of that app's live revisions exposing it.
+    mapping: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Revision of the last change to anything in the namespace.
+    mod_revision: u64,
+}
+
+/// A session (lease) as stored.
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    /// Time to live in milliseconds.
+    pub ttl_ms: u64,
+    /// Ordinals of the instances bound to it.
+    members: RoaringBitmap,
+}
+
+/// The serializable content of a snapshot: enough to rebuild every
+/// derived structure (index, mapping, reference counts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    /// Registry revision.
+    pub revision: u64,
+    /// Next session id to assign.
+    pub next_session_id: u64,
+    /// Namespaces with their last-change revision.
+    pub namespaces: Vec<(Namespace, u64)>,
+    /// Sessions: (id, ttl_ms).
+    pub sessions: Vec<(u64, u64)>,
+    /// Every live service revision.
+    pub revisions: Vec<ServiceRevision>,
+    /// Every instance.
+    pub instances: Vec<Arc<Instance>>,
+}
+
+/// The registry: see the module doc.
+#[derive(Debug)]
+pub struct Registry {
+    revision: u64,
+    namespaces: BTreeMap<String, NamespaceState>,
+    slots: Vec<Option<Arc<Instance>>>,
+    free: Vec<u32>,
+    sessions: BTreeMap<u64, SessionState>,
+    next_session_id: u64,
+    index: Index,
+    feed: Feed,
+}
+
+impl Registry {
+    /// An empty registry holding only the `default` namespace; the feed
+    /// keeps at most `feed_capacity` events.
+    pub fn new(feed_capacity: usize) -> Self {
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert(DEFAULT_NAMESPACE.to_string(), NamespaceState::default());
+        Self {
+            revision: 0,
+            namespaces,
+            slots: Vec::new(),
+            free: Vec::new(),
+            sessions: BTreeMap::new(),
+            next_session_id: 1,
+            index: Index::new(),
+            feed: Feed::new(feed_capacity, 0),
+        }
+    }
+
+    /// The current registry revision.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Applies one command. Deterministic: every node applying the same
+    /// commands in the same order reaches the same state. A rejected command
+    /// changes nothing.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
+        let rev = self.revision + 1;
+        let result = match cmd {
+            Command::CreateNamespace { name, labels } => self.create_namespace(name, labels, rev),
+            Command::DeleteNamespace { name } => self.delete_namespace(name, rev),
+            Command::Register { entries } => self.register(entries, rev),
+            Command::Deregister { keys } => Ok(self.deregister(keys, rev)),
+            Command::GrantSession { ttl_ms } => {
+                let id = self.next_session_id;
+                self.next_session_id += 1;
+                self.sessions.insert(
+                    id,
+                    SessionState {
+                        ttl_ms: *ttl_ms,
+                        members: RoaringBitmap::new(),
+                    },
+                );
+                self.revision = rev;
+                return CommandResponse::SessionGranted {
+                    id,
+                    ttl_ms: *ttl_ms,
+                    revision: rev,
+                };
+            }
+            Command::RevokeSessions { ids } => Ok(self.revoke_sessions(ids, rev)),
+        };
+        match result {
+            Ok(count) => {
+                self.revision = rev;
+                CommandResponse::Applied { revision: rev, count }
+            }
+            Err(e) => CommandResponse::Rejected(e),
+        }
+    }
+
+    fn create_namespace(&mut self, name: &str, labels: &BTreeMap<String, String>, rev: u64) -> Result<u32, Error> {
+        if self.namespaces.contains_key(name) {
+            return Err(Error::AlreadyExists {
+                kind: "namespace".into(),
+                name: name.into(),
+            });
+        }
+        self.namespaces.insert(
+            name.to_string(),
+            NamespaceState {
+                labels: labels.clone(),
+                mod_revision: rev,
+                ..Default::default()
+            },
+        );
+        Ok(0)
+    }
+
+    fn delete_namespace(&mut self, name: &str, _rev: u64) -> Result<u32, Error> {
+        if name == DEFAULT_NAMESPACE {
+            return Err(Error::FailedPrecondition("the default namespace cannot be deleted".into()));
+        }
+        let ns = self
+            .namespaces
+            .get(name)
+            .ok_or_else(|| Error::not_found("namespace", name))?;
+        let n: usize = ns.apps.values().map(|a| a.ids.len()).sum();
+        if n > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "namespace {name:?} still has {n} instances; deregister them first"
+            )));
+        }
+        self.namespaces.remove(name);
+        Ok(0)
+    }
+
+    fn register(&mut self, entries: &[Registration], rev: u64) -> Result<u32, Error> {
+        // Check everything first: a rejected command must change nothing.
+        let mut batch_revisions: HashMap<(&str, &str, &str), &[ServiceDef]> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let inst = &e.instance;
+            let ns = self.namespaces.get(&inst.namespace).ok_or_else(|| Error::NotFound {
+                kind: "namespace".into(),
+                name: inst.namespace.clone(),
+                hint: format!(" (instances[{i}].namespace); create it first"),
+            })?;
+            if let Some(s) = inst.session {
+                if !self.sessions.contains_key(&s) {
+                    return Err(Error::NotFound {
+                        kind: "session".into(),
+                        name: s.to_string(),
+                        hint: format!(" (instances[{i}].session); it expired or was revoked: grant a new session and register again"),
+                    });
+                }
+            }
+            let existing = ns
+                .apps
+                .get(&inst.app)
+                .and_then(|a| a.revisions.get(&inst.revision))
+                .map(|r| &*r.services);
+            let key = (inst.namespace.as_str(), inst.app.as_str(), inst.revision.as_str());
+            let known = existing.or_else(|| batch_revisions.get(&key).copied());
+            match known {
+                Some(s) if s != e.services.as_slice() => {
+                    return Err(Error::invalid(
+                        format!("instances[{i}].services"),
+                        format!(
+                            "revision {:?} of app {:?} is already registered with different services; a revision's services cannot change, use a new revision (or leave it empty to derive one)",
+                            inst.revision, inst.app
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    batch_revisions.insert(key, &e.services);
+                }
+            }
+        }
+        let mut count = 0;
+        for e in entries {
+            if self.upsert(e, rev) {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Takes a reference on (ns, app, revision), creating it with `services`.
+    fn acquire_revision(&mut self, ns: &str, app: &str, revision: &str, services: &[ServiceDef]) -> Arc<[ServiceDef]> {
+        let nss = self.namespaces.get_mut(ns).expect("namespace checked before upsert");
+        let a = nss.apps.entry(app.to_string()).or_default();
+        if let Some(r) = a.revisions.get_mut(revision) {
+            r.refs += 1;
+            return r.services.clone();
+        }
+        let services: Arc<[ServiceDef]> = services.into();
+        a.revisions.insert(
+            revision.to_string(),
+            RevisionState {
+                services: services.clone(),
+                refs: 1,
+            },
+        );
+        for s in services.iter() {
+            *nss.mapping.entry(s.name.clone()).or_default().entry(app.to_string()).or_default() += 1;
+        }
+        services
+    }
+
+    /// Drops a reference on (ns, app, revision); the last one removes it.
+    fn release_revision(&mut self, ns: &str, app: &str, revision: &str) {
+        let Some(nss) = self.namespaces.get_mut(ns) else { return };
+        let Some(a) = nss.apps.get_mut(app) else { return };
+        let Some(r) = a.revisions.get_mut(revision) else { return };
+        r.refs -= 1;
+        if r.refs > 0 {
+            return;
+        }
+        let services = r.services.clone();
+        a.revisions.remove(revision);
+        for s in services.iter() {
+            if let Some(apps) = nss.mapping.get_mut(&s.name) {
+                if let Some(n) = apps.get_mut(app) {
+                    *n -= 1;
+                    if *n == 0 {
+                        apps.remove(app);
+                    }
+                }
+                if apps.is_empty() {
+                    nss.mapping.remove(&s.name);
+                }
+            }
+        }
+    }
+
+    fn services_of(&self, inst: &Instance) -> Arc<[ServiceDef]> {
+        self.namespaces
+            .get(&inst.namespace)
+            .and_then(|n| n.apps.get(&inst.app))
+            .and_then(|a| a.revisions.get(&inst.revision))
+            .map(|r| r.services.clone())
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    fn ordinal_of(&self, ns: &str, app: &str, id: &str) -> Option<u32> {
+        self.namespaces.get(ns)?.apps.get(app)?.ids.get(id).copied()
+    }
+
+    /// Creates or replaces one instance; false when it was already stored
+    /// with the same content.
+    fn upsert(&mut self, reg: &Registration, rev: u64) -> bool {
+        let new = &reg.instance;
+        let existing = self.ordinal_of(&new.namespace, &new.app, &new.id);
+        let old = existing.and_then(|o| self.slots[o as usize].clone());
+        if let Some(old) = &old {
+            if old.same_content(new) {
+                return false;
+            }
+        }
+        let services = self.acquire_revision(&new.namespace, &new.app, &new.revision, &reg.services);
+        let mut stored = new.clone();
+        stored.mod_revision = rev;
+        stored.create_revision = old.as_ref().map_or(rev, |o| o.create_revision);
+        let stored = Arc::new(stored);
+        let mut previous = None;
+        let ord = match (existing, old) {
+            (Some(ord), Some(old)) => {
+                let old_services = self.services_of(&old);
+                self.index.remove(ord, &old, &old_services);
+                if let Some(s) = old.session.and_then(|s| self.sessions.get_mut(&s)) {
+                    s.members.remove(ord);
+                }
+                self.release_revision(&old.namespace, &old.app, &old.revision);
+                previous = Some((old, old_services));
+                ord
+            }
+            _ => {
+                let ord = match self.free.pop() {
+                    Some(o) => o,
+                    None => {
+                        self.slots.push(None);
+                        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 instances")
+                    }
+                };
+                let nss = self.namespaces.get_mut(&new.namespace).expect("namespace checked before upsert");
+                nss.apps.entry(new.app.clone()).or_default().ids.insert(new.id.clone(), ord);
+                ord
+            }
+        };
+        self.slots[ord as usize] = Some(stored.clone());
+        self.index.insert(ord, &stored, &services);
+        if let Some(s) = stored.session.and_then(|s| self.sessions.get_mut(&s)) {
+            s.members.insert(ord);
+        }
+        if let Some(nss) = self.namespaces.get_mut(&stored.namespace) {
+            nss.mod_revision = rev;
+        }
+        self.feed.push(FeedEvent {
+            revision: rev,
+            kind: EventKind::Put,
+            instance: stored,
+            services,
+            previous,
+        });
+        true
+    }
+
+    /// Removes the instance at `ord`, if any.
+    fn remove_ordinal(&mut self, ord: u32, rev: u64) -> bool {
+        let Some(old) = self.slots.get_mut(ord as usize).and_then(Option::take) else {
+            return false;
+        };
+        let services = self.services_of(&old);
+        self.index.remove(ord, &old, &services);
+        if let Some(s) = old.session.and_then(|s| self.sessions.get_mut(&s)) {
+            s.members.remove(ord);
+        }
+        self.release_revision(&old.namespace, &old.app, &old.revision);
+        if let Some(nss) = self.namespaces.get_mut(&old.namespace) {
+            if let Some(a) = nss.apps.get_mut(&old.app) {
+                a.ids.remove(&old.id);
+                if a.ids.is_empty() && a.revisions.is_empty() {
+                    nss.apps.remove(&old.app);
+                }
+            }
+            nss.mod_revision = rev;
+        }
+        self.free.push(ord);
+        self.feed.push(FeedEvent {
+            revision: rev,
+            kind: EventKind::Delete,
+            instance: old,
+            services,
+            previous: None,
+        });
+        true
+    }
+
+    fn deregister(&mut self, keys: &[InstanceKey], rev: u64) -> u32 {
+        let mut n = 0;
+        for k in keys {
+            if let Some(ord) = self.ordinal_of(&k.namespace, &k.app, &k.id) {
+                if self.remove_ordinal(ord, rev) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn revoke_sessions(&mut self, ids: &[u64], rev: u64) -> u32 {
+        let mut n = 0;
+        for id in ids {
+            if let Some(s) = self.sessions.remove(id) {
+                for ord in &s.members {
+                    if self.remove_ordinal(ord, rev) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    // ----- reads -----
+
+    /// Does the namespace exist?
+    pub fn has_namespace(&self, ns: &str) -> bool {
+        self.namespaces.contains_key(ns)
+    }
+
+    /// Revision of the last change in namespace `ns` (0 if unknown).
+    pub fn namespace_revision(&self, ns: &str) -> u64 {
+        self.namespaces.get(ns).map_or(0, |n| n.mod_revision)
+    }
+
+    /// All namespaces.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.namespaces
+            .iter()
+            .map(|(name, n)| Namespace {
+                name: name.clone(),
+                labels: n.labels.clone(),
+            })
+            .collect()
+    }
+
+    /// One instance.
+    pub fn get(&self, key: &InstanceKey) -> Option<Arc<Instance>> {
+        let ord = self.ordinal_of(&key.namespace, &key.app, &key.id)?;
+        self.slots[ord as usize].clone()
+    }
+
+    /// The ordinals matching `sel` in `ns` (index lookup).
+    pub fn select(&self, ns: &str, sel: &Selector) -> RoaringBitmap {
+        self.index.select(ns, sel)
+    }
+
+    /// The instances matching `sel` in `ns`, sorted by (app, id).
+    pub fn list(&self, ns: &str, sel: &Selector) -> Vec<Arc<Instance>> {
+        let mut out: Vec<Arc<Instance>> = self
+            .select(ns, sel)
+            .iter()
+            .filter_map(|o| self.slots[o as usize].clone())
+            .collect();
+        out.sort_unstable_by(|a, b| (&a.app, &a.id).cmp(&(&b.app, &b.id)));
+        out
+    }
+
+    /// Linear scan with [`Selector::matches`]: the reference the index is
+    /// tested and benchmarked against.
+    pub fn scan(&self, ns: &str, sel: &Selector) -> RoaringBitmap {
+        let mut out = RoaringBitmap::new();
+        for (ord, slot) in self.slots.iter().enumerate() {
+            if let Some(i) = slot {
+                if i.namespace == ns && sel.matches(i, &self.services_of(i)) {
+                    out.insert(ord as u32);
+                }
+            }
+        }
+        out
+    }
+
+    /// The services the instance's revision exposes.
+    pub fn services_of_instance(&self, inst: &Instance) -> Arc<[ServiceDef]> {
+        self.services_of(inst)
+    }
+
+    /// Applications of a namespace, sorted by name.
+    pub fn applications(&self, ns: &str) -> Vec<Application> {
+        let Some(nss) = self.namespaces.get(ns) else { return Vec::new() };
+        let mut out: Vec<Application> = nss
+            .apps
+            .iter()
+            .map(|(name, a)| {
+                let mut services: Vec<String> = a
+                    .revisions
+                    .values()
+                    .flat_map(|r| r.services.iter().map(|s| s.name.clone()))
+                    .collect();
+                services.sort();
+                services.dedup();
+                Application {
+                    namespace: ns.to_string(),
+                    name: name.clone(),
+                    instance_count: a.ids.len() as u64,
+                    revisions: a.revisions.keys().cloned().collect(),
+                    services,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// ServiceMapping: the applications whose live revisions expose `service`.
+    pub fn resolve(&self, ns: &str, service: &str) -> Vec<String> {
+        self.namespaces
+            .get(ns)
+            .and_then(|n| n.mapping.get(service))
+            .map(|apps| apps.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One service revision.
+    pub fn service_revision(&self, ns: &str, app: &str, revision: &str) -> Option<ServiceRevision> {
+        let r = self.namespaces.get(ns)?.apps.get(app)?.revisions.get(revision)?;
+        Some(ServiceRevision {
+            namespace: ns.to_string(),
+            app: app.to_string(),
+            revision: revision.to_string(),
+            services: r.services.clone(),
+        })
+    }
+
+    /// A session's TTL in milliseconds, if it exists.
+    pub fn session_ttl(&self, id: u64) -> Option<u64> {
+        self.sessions.get(&id).map(|s| s.ttl_ms)
+    }
+
+    /// Every session: (id, ttl_ms).
+    pub fn sessions(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.sessions.iter().map(|(id, s)| (*id, s.ttl_ms))
+    }
+
+    /// Number of instances.
+    pub fn instance_count(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Number of sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The change feed.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Approximate heap bytes of the subset index.
+    pub fn index_bytes(&self) -> usize {
+        self.index.heap_bytes()
+    }
+
+    // ----- snapshots -----
+
+    /// Captures the state. Cheap: instances are shared, not copied.
+    pub fn to_snapshot(&self) -> RegistrySnapshot {
+        let mut revisions = Vec::new();
+        for (ns, n) in &self.namespaces {
+            for (app, a) in &n.apps {
+                for (rev, r) in &a.revisions {
+                    revisions.push(ServiceRevision {
+                        namespace: ns.clone(),
+                        app: app.clone(),
+                        revision: rev.clone(),
+                        services: r.services.clone(),
+                    });
+                }
+            }
+        }
+        RegistrySnapshot {
+            revision: self.revision,
+            next_session_id: self.next_session_id,
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|(name, n)| {
+                    (
+                        Namespace {
+                            name: name.clone(),
+                            labels: n.labels.clone(),
+                        },
+                        n.mod_revision,
+                    )
+                })
+                .collect(),
+            sessions: self.sessions.iter().map(|(id, s)| (*id, s.ttl_ms)).collect(),
+            revisions,
+            instances: self.slots.iter().flatten().cloned().collect(),
+        }
+    }
+
+    /// Rebuilds a registry (index, mapping, counts) from a snapshot. The
+    /// feed restarts at the snapshot's revision.
+    pub fn from_snapshot(snap: RegistrySnapshot, feed_capacity: usize) -> Self {
+        let mut reg = Registry::new(feed_capacity);
+        reg.namespaces.clear();
+        for (ns, mod_revision) in snap.namespaces {
+            reg.namespaces.insert(
+                ns.name,
+                NamespaceState {
+                    labels: ns.labels,
+                    mod_revision,
+                    ..Default::default()
+                },
+            );
+        }
+        for (id, ttl_ms) in snap.sessions {
+            reg.sessions.insert(
+                id,
+                SessionState {
+                    ttl_ms,
+                    members: RoaringBitmap::new(),
+                },
+            );
+        }
+        let services: HashMap<(&str, &str, &str), &Arc<[ServiceDef]>> = snap
+            .revisions
+            .iter()
+            .map(|r| ((r.namespace.as_str(), r.app.as_str(), r.revision.as_str()), &r.services))
+            .collect();
+        for inst in snap.instances {
+            if !reg.namespaces.contains_key(&inst.namespace) {
+                tracing::warn!(instance = %inst.key(), "snapshot instance in an unknown namespace; skipped");
+                continue;
+            }
+            let svc: &[ServiceDef] = services
+                .get(&(inst.namespace.as_str(), inst.app.as_str(), inst.revision.as_str()))
+                .map(|s| &***s)
+                .unwrap_or(&[]);
+            let _ = reg.acquire_revision(&inst.namespace, &inst.app, &inst.revision, svc);
+            let ord = u32::try_from(reg.slots.len()).expect("fewer than 2^32 instances");
+            let services = reg.services_of(&inst);
+            reg.index.insert(ord, &inst, &services);
+            if let Some(s) = inst.session.and_then(|s| reg.sessions.get_mut(&s)) {
+                s.members.insert(ord);
+            }
+            if let Some(nss) = reg.namespaces.get_mut(&inst.namespace) {
+                nss.apps.entry(inst.app.clone()).or_default().ids.insert(inst.id.clone(), ord);
+            }
+            reg.slots.push(Some(inst));
+        }
+        reg.revision = snap.revision;
+        reg.next_session_id = snap.next_session_id;
+        reg.feed.reset(snap.revision);
+        reg
+    }
+}
+
+#[cfg(test)]
+mod tests;
