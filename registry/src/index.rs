@@ -56,7 +56,12 @@ fn del(map: &mut HashMap<String, RoaringBitmap>, key: &str, ord: u32) {
     }
 }
 
-fn add2(map: &mut HashMap<String, HashMap<String, RoaringBitmap>>, outer: &str, key: &str, ord: u32) {
+fn add2(
+    map: &mut HashMap<String, HashMap<String, RoaringBitmap>>,
+    outer: &str,
+    key: &str,
+    ord: u32,
+) {
     match map.get_mut(outer) {
         Some(inner) => add(inner, key, ord),
         None => {
@@ -67,7 +72,12 @@ fn add2(map: &mut HashMap<String, HashMap<String, RoaringBitmap>>, outer: &str, 
     }
 }
 
-fn del2(map: &mut HashMap<String, HashMap<String, RoaringBitmap>>, outer: &str, key: &str, ord: u32) {
+fn del2(
+    map: &mut HashMap<String, HashMap<String, RoaringBitmap>>,
+    outer: &str,
+    key: &str,
+    ord: u32,
+) {
     if let Some(inner) = map.get_mut(outer) {
         del(inner, key, ord);
         if inner.is_empty() {
@@ -138,7 +148,11 @@ impl Index {
         }
         self.health[instance.health.ordinal()].insert(ord);
         let l = &instance.locality;
-        for (map, v) in [(&mut self.regions, &l.region), (&mut self.zones, &l.zone), (&mut self.subzones, &l.subzone)] {
+        for (map, v) in [
+            (&mut self.regions, &l.region),
+            (&mut self.zones, &l.zone),
+            (&mut self.subzones, &l.subzone),
+        ] {
             if !v.is_empty() {
                 add(map, v, ord);
             }
@@ -164,7 +178,11 @@ impl Index {
         }
         self.health[instance.health.ordinal()].remove(ord);
         let l = &instance.locality;
-        for (map, v) in [(&mut self.regions, &l.region), (&mut self.zones, &l.zone), (&mut self.subzones, &l.subzone)] {
+        for (map, v) in [
+            (&mut self.regions, &l.region),
+            (&mut self.zones, &l.zone),
+            (&mut self.subzones, &l.subzone),
+        ] {
             if !v.is_empty() {
                 del(map, v, ord);
             }
@@ -206,9 +224,15 @@ impl Index {
             let mut hs: Vec<Health> = sel.health.clone();
             hs.sort();
             hs.dedup();
-            terms.push(Term::AnyOf(hs.iter().map(|h| &self.health[h.ordinal()]).collect()));
+            terms.push(Term::AnyOf(
+                hs.iter().map(|h| &self.health[h.ordinal()]).collect(),
+            ));
         }
-        for (map, want) in [(&self.regions, &sel.region), (&self.zones, &sel.zone), (&self.subzones, &sel.subzone)] {
+        for (map, want) in [
+            (&self.regions, &sel.region),
+            (&self.zones, &sel.zone),
+            (&self.subzones, &sel.subzone),
+        ] {
             if let Some(w) = want {
                 match map.get(w) {
                     Some(b) => terms.push(Term::One(b)),
@@ -221,8 +245,11 @@ impl Index {
             let postings = self.labels.get(r.key());
             match r {
                 Requirement::In(_, values) => {
-                    let Some(p) = postings else { return RoaringBitmap::new() };
-                    let mut bs: Vec<&RoaringBitmap> = values.iter().filter_map(|v| p.values.get(v)).collect();
+                    let Some(p) = postings else {
+                        return RoaringBitmap::new();
+                    };
+                    let mut bs: Vec<&RoaringBitmap> =
+                        values.iter().filter_map(|v| p.values.get(v)).collect();
                     match bs.len() {
                         0 => return RoaringBitmap::new(),
                         1 => terms.push(Term::One(bs.remove(0))),
@@ -270,7 +297,9 @@ impl Index {
                 .sum()
         }
         let nested = |m: &HashMap<String, HashMap<String, RoaringBitmap>>| -> usize {
-            m.iter().map(|(k, inner)| k.capacity() + map_bytes(inner) + 48).sum()
+            m.iter()
+                .map(|(k, inner)| k.capacity() + map_bytes(inner) + 48)
+                .sum()
         };
         map_bytes(&self.namespaces)
             + nested(&self.apps)
@@ -280,7 +309,11 @@ impl Index {
                 .iter()
                 .map(|(k, p)| k.capacity() + p.any.serialized_size() + map_bytes(&p.values) + 48)
                 .sum::<usize>()
-            + self.health.iter().map(RoaringBitmap::serialized_size).sum::<usize>()
+            + self
+                .health
+                .iter()
+                .map(RoaringBitmap::serialized_size)
+                .sum::<usize>()
             + map_bytes(&self.regions)
             + map_bytes(&self.zones)
             + map_bytes(&self.subzones)

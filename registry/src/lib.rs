@@ -12,12 +12,28 @@
 //! - [`feed`]: bounded change feed for watchers.
 //! - [`command`]: Raft log commands and their responses.
 //! - [`state`]: the registry state and its deterministic apply (sans-I/O).
-//! - [`error`]: the crate's error type.
+//! - [`store`]: openraft log and state-machine storage on sled.
+//! - [`network`]: the Raft transport of a single-node cluster.
+//! - [`sessions`]: session deadlines kept in the leader's memory.
+//! - [`node`]: a running node: Raft, lessor, read and write paths.
+//! - [`watch`]: watch streams over the feed.
+//! - [`api`]: gRPC and HTTP servers.
+//! - [`server`]: runs a node with both APIs on bound listeners until shutdown.
+//! - [`config`], [`metrics`], [`error`].
 
+pub mod api;
 pub mod command;
+pub mod config;
 pub mod error;
 pub mod feed;
 pub mod index;
+pub mod metrics;
 pub mod model;
+pub mod network;
+pub mod node;
 pub mod selector;
+pub mod server;
+pub mod sessions;
 pub mod state;
+pub mod store;
+pub mod watch;

@@ -21,7 +21,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_WEIGHT: u32 = 100;
 
 /// Health of an instance (DESIGN.md). Maps onto Envoy's `HealthStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Health {
     /// Health not reported.

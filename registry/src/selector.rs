@@ -31,7 +31,10 @@ impl Requirement {
     /// The label key this requirement is about.
     pub fn key(&self) -> &str {
         match self {
-            Requirement::In(k, _) | Requirement::NotIn(k, _) | Requirement::Exists(k) | Requirement::DoesNotExist(k) => k,
+            Requirement::In(k, _)
+            | Requirement::NotIn(k, _)
+            | Requirement::Exists(k)
+            | Requirement::DoesNotExist(k) => k,
         }
     }
 
@@ -84,7 +87,8 @@ impl Selector {
     /// Adds `matchLabels` entries as `In` requirements.
     pub fn with_match_labels(mut self, labels: &BTreeMap<String, String>) -> Self {
         for (k, v) in labels {
-            self.labels.push(Requirement::In(k.clone(), vec![v.clone()]));
+            self.labels
+                .push(Requirement::In(k.clone(), vec![v.clone()]));
         }
         self
     }
@@ -105,7 +109,10 @@ impl Selector {
             validate::label_key(&f, r.key())?;
             if let Requirement::In(_, vs) | Requirement::NotIn(_, vs) = r {
                 if vs.is_empty() {
-                    return Err(Error::invalid(f, "`in` and `notin` need at least one value"));
+                    return Err(Error::invalid(
+                        f,
+                        "`in` and `notin` need at least one value",
+                    ));
                 }
                 for v in vs {
                     validate::label_value(&f, v)?;
@@ -211,7 +218,11 @@ mod tests {
 
     #[test]
     fn parses_kubernetes_syntax() {
-        let r = parse_labels("labels", "env=prod, version in (v1, v2),!canary,tier!=db,team, zone notin (a)").unwrap();
+        let r = parse_labels(
+            "labels",
+            "env=prod, version in (v1, v2),!canary,tier!=db,team, zone notin (a)",
+        )
+        .unwrap();
         assert_eq!(
             r,
             vec![
@@ -227,15 +238,26 @@ mod tests {
 
     #[test]
     fn rejects_bad_terms() {
-        for bad in ["env in v1", "a b c", "=x", "env=pr od", "v in ()", "Bad/Key=x"] {
+        for bad in [
+            "env in v1",
+            "a b c",
+            "=x",
+            "env=pr od",
+            "v in ()",
+            "Bad/Key=x",
+        ] {
             let e = parse_labels("labels", bad).unwrap_err();
-            assert!(matches!(e, Error::InvalidArgument { ref field, .. } if field.starts_with("labels")), "{bad}: {e:?}");
+            assert!(
+                matches!(e, Error::InvalidArgument { ref field, .. } if field.starts_with("labels")),
+                "{bad}: {e:?}"
+            );
         }
     }
 
     #[test]
     fn notin_matches_absent_labels() {
-        let l: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into_iter().collect();
+        let l: BTreeMap<String, String> =
+            [("a".to_string(), "1".to_string())].into_iter().collect();
         assert!(Requirement::NotIn("b".into(), vec!["1".into()]).matches(&l));
         assert!(!Requirement::NotIn("a".into(), vec!["1".into()]).matches(&l));
         assert!(!Requirement::In("b".into(), vec!["1".into()]).matches(&l));

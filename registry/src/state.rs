@@ -142,13 +142,21 @@ impl Registry {
         match result {
             Ok(count) => {
                 self.revision = rev;
-                CommandResponse::Applied { revision: rev, count }
+                CommandResponse::Applied {
+                    revision: rev,
+                    count,
+                }
             }
             Err(e) => CommandResponse::Rejected(e),
         }
     }
 
-    fn create_namespace(&mut self, name: &str, labels: &BTreeMap<String, String>, rev: u64) -> Result<u32, Error> {
+    fn create_namespace(
+        &mut self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        rev: u64,
+    ) -> Result<u32, Error> {
         if self.namespaces.contains_key(name) {
             return Err(Error::AlreadyExists {
                 kind: "namespace".into(),
@@ -168,7 +176,9 @@ impl Registry {
 
     fn delete_namespace(&mut self, name: &str, _rev: u64) -> Result<u32, Error> {
         if name == DEFAULT_NAMESPACE {
-            return Err(Error::FailedPrecondition("the default namespace cannot be deleted".into()));
+            return Err(Error::FailedPrecondition(
+                "the default namespace cannot be deleted".into(),
+            ));
         }
         let ns = self
             .namespaces
@@ -189,11 +199,14 @@ impl Registry {
         let mut batch_revisions: HashMap<(&str, &str, &str), &[ServiceDef]> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             let inst = &e.instance;
-            let ns = self.namespaces.get(&inst.namespace).ok_or_else(|| Error::NotFound {
-                kind: "namespace".into(),
-                name: inst.namespace.clone(),
-                hint: format!(" (instances[{i}].namespace); create it first"),
-            })?;
+            let ns = self
+                .namespaces
+                .get(&inst.namespace)
+                .ok_or_else(|| Error::NotFound {
+                    kind: "namespace".into(),
+                    name: inst.namespace.clone(),
+                    hint: format!(" (instances[{i}].namespace); create it first"),
+                })?;
             if let Some(s) = inst.session {
                 if !self.sessions.contains_key(&s) {
                     return Err(Error::NotFound {
@@ -208,7 +221,11 @@ impl Registry {
                 .get(&inst.app)
                 .and_then(|a| a.revisions.get(&inst.revision))
                 .map(|r| &*r.services);
-            let key = (inst.namespace.as_str(), inst.app.as_str(), inst.revision.as_str());
+            let key = (
+                inst.namespace.as_str(),
+                inst.app.as_str(),
+                inst.revision.as_str(),
+            );
             let known = existing.or_else(|| batch_revisions.get(&key).copied());
             match known {
                 Some(s) if s != e.services.as_slice() => {
@@ -236,8 +253,17 @@ impl Registry {
     }
 
     /// Takes a reference on (ns, app, revision), creating it with `services`.
-    fn acquire_revision(&mut self, ns: &str, app: &str, revision: &str, services: &[ServiceDef]) -> Arc<[ServiceDef]> {
-        let nss = self.namespaces.get_mut(ns).expect("namespace checked before upsert");
+    fn acquire_revision(
+        &mut self,
+        ns: &str,
+        app: &str,
+        revision: &str,
+        services: &[ServiceDef],
+    ) -> Arc<[ServiceDef]> {
+        let nss = self
+            .namespaces
+            .get_mut(ns)
+            .expect("namespace checked before upsert");
         let a = nss.apps.entry(app.to_string()).or_default();
         if let Some(r) = a.revisions.get_mut(revision) {
             r.refs += 1;
@@ -252,16 +278,26 @@ impl Registry {
             },
         );
         for s in services.iter() {
-            *nss.mapping.entry(s.name.clone()).or_default().entry(app.to_string()).or_default() += 1;
+            *nss.mapping
+                .entry(s.name.clone())
+                .or_default()
+                .entry(app.to_string())
+                .or_default() += 1;
         }
         services
     }
 
     /// Drops a reference on (ns, app, revision); the last one removes it.
     fn release_revision(&mut self, ns: &str, app: &str, revision: &str) {
-        let Some(nss) = self.namespaces.get_mut(ns) else { return };
-        let Some(a) = nss.apps.get_mut(app) else { return };
-        let Some(r) = a.revisions.get_mut(revision) else { return };
+        let Some(nss) = self.namespaces.get_mut(ns) else {
+            return;
+        };
+        let Some(a) = nss.apps.get_mut(app) else {
+            return;
+        };
+        let Some(r) = a.revisions.get_mut(revision) else {
+            return;
+        };
         r.refs -= 1;
         if r.refs > 0 {
             return;
@@ -307,7 +343,8 @@ impl Registry {
                 return false;
             }
         }
-        let services = self.acquire_revision(&new.namespace, &new.app, &new.revision, &reg.services);
+        let services =
+            self.acquire_revision(&new.namespace, &new.app, &new.revision, &reg.services);
         let mut stored = new.clone();
         stored.mod_revision = rev;
         stored.create_revision = old.as_ref().map_or(rev, |o| o.create_revision);
@@ -332,8 +369,15 @@ impl Registry {
                         u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 instances")
                     }
                 };
-                let nss = self.namespaces.get_mut(&new.namespace).expect("namespace checked before upsert");
-                nss.apps.entry(new.app.clone()).or_default().ids.insert(new.id.clone(), ord);
+                let nss = self
+                    .namespaces
+                    .get_mut(&new.namespace)
+                    .expect("namespace checked before upsert");
+                nss.apps
+                    .entry(new.app.clone())
+                    .or_default()
+                    .ids
+                    .insert(new.id.clone(), ord);
                 ord
             }
         };
@@ -478,7 +522,9 @@ impl Registry {
 
     /// Applications of a namespace, sorted by name.
     pub fn applications(&self, ns: &str) -> Vec<Application> {
-        let Some(nss) = self.namespaces.get(ns) else { return Vec::new() };
+        let Some(nss) = self.namespaces.get(ns) else {
+            return Vec::new();
+        };
         let mut out: Vec<Application> = nss
             .apps
             .iter()
@@ -514,7 +560,13 @@ impl Registry {
 
     /// One service revision.
     pub fn service_revision(&self, ns: &str, app: &str, revision: &str) -> Option<ServiceRevision> {
-        let r = self.namespaces.get(ns)?.apps.get(app)?.revisions.get(revision)?;
+        let r = self
+            .namespaces
+            .get(ns)?
+            .apps
+            .get(app)?
+            .revisions
+            .get(revision)?;
         Some(ServiceRevision {
             namespace: ns.to_string(),
             app: app.to_string(),
@@ -586,7 +638,11 @@ impl Registry {
                     )
                 })
                 .collect(),
-            sessions: self.sessions.iter().map(|(id, s)| (*id, s.ttl_ms)).collect(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(id, s)| (*id, s.ttl_ms))
+                .collect(),
             revisions,
             instances: self.slots.iter().flatten().cloned().collect(),
         }
@@ -619,7 +675,12 @@ impl Registry {
         let services: HashMap<(&str, &str, &str), &Arc<[ServiceDef]>> = snap
             .revisions
             .iter()
-            .map(|r| ((r.namespace.as_str(), r.app.as_str(), r.revision.as_str()), &r.services))
+            .map(|r| {
+                (
+                    (r.namespace.as_str(), r.app.as_str(), r.revision.as_str()),
+                    &r.services,
+                )
+            })
             .collect();
         for inst in snap.instances {
             if !reg.namespaces.contains_key(&inst.namespace) {
@@ -627,7 +688,11 @@ impl Registry {
                 continue;
             }
             let svc: &[ServiceDef] = services
-                .get(&(inst.namespace.as_str(), inst.app.as_str(), inst.revision.as_str()))
+                .get(&(
+                    inst.namespace.as_str(),
+                    inst.app.as_str(),
+                    inst.revision.as_str(),
+                ))
                 .map(|s| &***s)
                 .unwrap_or(&[]);
             let _ = reg.acquire_revision(&inst.namespace, &inst.app, &inst.revision, svc);
@@ -638,7 +703,11 @@ impl Registry {
                 s.members.insert(ord);
             }
             if let Some(nss) = reg.namespaces.get_mut(&inst.namespace) {
-                nss.apps.entry(inst.app.clone()).or_default().ids.insert(inst.id.clone(), ord);
+                nss.apps
+                    .entry(inst.app.clone())
+                    .or_default()
+                    .ids
+                    .insert(inst.id.clone(), ord);
             }
             reg.slots.push(Some(inst));
         }

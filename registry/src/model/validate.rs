@@ -47,9 +47,15 @@ pub fn name(field: &str, value: &str, max: usize) -> Result<(), Error> {
         return Err(invalid(field, "must not be empty"));
     }
     if value.len() > max {
-        return Err(invalid(field, format!("{} bytes; at most {max} allowed", value.len())));
+        return Err(invalid(
+            field,
+            format!("{} bytes; at most {max} allowed", value.len()),
+        ));
     }
-    if let Some(c) = value.chars().find(|c| !(is_alnum(*c) || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(is_alnum(*c) || matches!(c, '.' | '_' | '-')))
+    {
         return Err(invalid(
             field,
             format!("{value:?} contains {c:?}; allowed are letters, digits, '.', '_' and '-'"),
@@ -58,7 +64,10 @@ pub fn name(field: &str, value: &str, max: usize) -> Result<(), Error> {
     let first = value.chars().next().unwrap_or('-');
     let last = value.chars().last().unwrap_or('-');
     if !is_alnum(first) || !is_alnum(last) {
-        return Err(invalid(field, format!("{value:?} must start and end with a letter or digit")));
+        return Err(invalid(
+            field,
+            format!("{value:?} must start and end with a letter or digit"),
+        ));
     }
     Ok(())
 }
@@ -79,7 +88,10 @@ pub fn instance_id(field: &str, value: &str) -> Result<(), Error> {
         return Err(invalid(field, "must not be empty"));
     }
     if value.len() > 253 {
-        return Err(invalid(field, format!("{} bytes; at most 253 allowed", value.len())));
+        return Err(invalid(
+            field,
+            format!("{} bytes; at most 253 allowed", value.len()),
+        ));
     }
     if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic() || *c == '/') {
         return Err(invalid(
@@ -96,7 +108,10 @@ pub fn service_name(field: &str, value: &str) -> Result<(), Error> {
         return Err(invalid(field, "must not be empty"));
     }
     if value.len() > 255 {
-        return Err(invalid(field, format!("{} bytes; at most 255 allowed", value.len())));
+        return Err(invalid(
+            field,
+            format!("{} bytes; at most 255 allowed", value.len()),
+        ));
     }
     if let Some(c) = value
         .chars()
@@ -104,7 +119,9 @@ pub fn service_name(field: &str, value: &str) -> Result<(), Error> {
     {
         return Err(invalid(
             field,
-            format!("{value:?} contains {c:?}; allowed are letters, digits, '.', '_', '-', '$' and ':'"),
+            format!(
+                "{value:?} contains {c:?}; allowed are letters, digits, '.', '_', '-', '$' and ':'"
+            ),
         ));
     }
     Ok(())
@@ -119,15 +136,27 @@ pub fn address(field: &str, value: &str) -> Result<(), Error> {
         return Ok(());
     }
     if value.contains(':') {
-        return Err(invalid(field, format!("{value:?} is not a valid IPv6 address")));
+        return Err(invalid(
+            field,
+            format!("{value:?} is not a valid IPv6 address"),
+        ));
     }
     if value.len() > 253 {
-        return Err(invalid(field, format!("hostname of {} bytes; at most 253 allowed", value.len())));
+        return Err(invalid(
+            field,
+            format!("hostname of {} bytes; at most 253 allowed", value.len()),
+        ));
     }
     let host = value.strip_suffix('.').unwrap_or(value);
     let labels: Vec<&str> = host.split('.').collect();
-    if labels.iter().all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit())) {
-        return Err(invalid(field, format!("{value:?} is not a valid IPv4 address")));
+    if labels
+        .iter()
+        .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(invalid(
+            field,
+            format!("{value:?} is not a valid IPv4 address"),
+        ));
     }
     for l in &labels {
         if l.is_empty() || l.len() > 63 {
@@ -159,7 +188,9 @@ pub fn port_name(field: &str, value: &str) -> Result<(), Error> {
     {
         return Err(invalid(
             field,
-            format!("{value:?} contains {c:?}; allowed are lower-case letters, digits, '-' and '_'"),
+            format!(
+                "{value:?} contains {c:?}; allowed are lower-case letters, digits, '-' and '_'"
+            ),
         ));
     }
     Ok(())
@@ -169,16 +200,25 @@ pub fn port_name(field: &str, value: &str) -> Result<(), Error> {
 pub fn port(field: &str, value: u32) -> Result<u16, Error> {
     match u16::try_from(value) {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(invalid(field, format!("port {value} is out of range 1..=65535"))),
+        _ => Err(invalid(
+            field,
+            format!("port {value} is out of range 1..=65535"),
+        )),
     }
 }
 
 fn label_name_part(field: &str, what: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() || value.len() > 63 {
-        return Err(invalid(field, format!("{what} {value:?} must be 1..=63 bytes")));
+        return Err(invalid(
+            field,
+            format!("{what} {value:?} must be 1..=63 bytes"),
+        ));
     }
-    let ok_chars = value.chars().all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'));
-    let ends = value.chars().next().is_some_and(is_alnum) && value.chars().last().is_some_and(is_alnum);
+    let ok_chars = value
+        .chars()
+        .all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'));
+    let ends =
+        value.chars().next().is_some_and(is_alnum) && value.chars().last().is_some_and(is_alnum);
     if !ok_chars || !ends {
         return Err(invalid(
             field,
@@ -199,11 +239,16 @@ pub fn label_key(field: &str, key: &str) -> Result<(), Error> {
     };
     if let Some(p) = prefix {
         if p.is_empty() || p.len() > 253 {
-            return Err(invalid(field, format!("label key prefix {p:?} must be 1..=253 bytes")));
+            return Err(invalid(
+                field,
+                format!("label key prefix {p:?} must be 1..=253 bytes"),
+            ));
         }
         for part in p.split('.') {
             let ok = !part.is_empty()
-                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !part.starts_with('-')
                 && !part.ends_with('-');
             if !ok {
@@ -228,7 +273,10 @@ pub fn label_value(field: &str, value: &str) -> Result<(), Error> {
 /// A label map: at most [`MAX_LABELS`] valid keys and values.
 pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
     if labels.len() > MAX_LABELS {
-        return Err(invalid(field, format!("{} labels; at most {MAX_LABELS} allowed", labels.len())));
+        return Err(invalid(
+            field,
+            format!("{} labels; at most {MAX_LABELS} allowed", labels.len()),
+        ));
     }
     for (k, v) in labels {
         let f = format!("{field}[{k:?}]");
@@ -258,7 +306,11 @@ pub fn metadata(field: &str, map: &BTreeMap<String, String>) -> Result<(), Error
 
 /// A locality; each part empty or a [`name`] of at most 128 bytes.
 pub fn locality(field: &str, l: &Locality) -> Result<(), Error> {
-    for (part, v) in [("region", &l.region), ("zone", &l.zone), ("subzone", &l.subzone)] {
+    for (part, v) in [
+        ("region", &l.region),
+        ("zone", &l.zone),
+        ("subzone", &l.subzone),
+    ] {
         if !v.is_empty() {
             name(&format!("{field}.{part}"), v, 128)?;
         }
@@ -287,7 +339,10 @@ fn service(field: &str, s: &ServiceDef, ports: &BTreeMap<String, u16>) -> Result
     {
         return Err(invalid(
             format!("{field}.protocol"),
-            format!("{:?} must be at most 32 bytes of letters, digits, '.', '_' or '-'", s.protocol),
+            format!(
+                "{:?} must be at most 32 bytes of letters, digits, '.', '_' or '-'",
+                s.protocol
+            ),
         ));
     }
     if !s.port_name.is_empty() && !ports.contains_key(&s.port_name) {
@@ -315,7 +370,10 @@ pub fn registration(field: &str, spec: InstanceSpec) -> Result<Registration, Err
         return Err(invalid(f("ports"), "at least one port is required"));
     }
     if spec.ports.len() > MAX_PORTS {
-        return Err(invalid(f("ports"), format!("{} ports; at most {MAX_PORTS} allowed", spec.ports.len())));
+        return Err(invalid(
+            f("ports"),
+            format!("{} ports; at most {MAX_PORTS} allowed", spec.ports.len()),
+        ));
     }
     let mut ports = BTreeMap::new();
     for (n, p) in &spec.ports {
@@ -328,7 +386,10 @@ pub fn registration(field: &str, spec: InstanceSpec) -> Result<Registration, Err
     let weight = match spec.weight {
         0 => DEFAULT_WEIGHT,
         w if w > MAX_WEIGHT => {
-            return Err(invalid(f("weight"), format!("{w} is out of range 1..={MAX_WEIGHT}")));
+            return Err(invalid(
+                f("weight"),
+                format!("{w} is out of range 1..={MAX_WEIGHT}"),
+            ));
         }
         w => w,
     };
@@ -336,7 +397,10 @@ pub fn registration(field: &str, spec: InstanceSpec) -> Result<Registration, Err
     if spec.services.len() > MAX_SERVICES {
         return Err(invalid(
             f("services"),
-            format!("{} services; at most {MAX_SERVICES} allowed", spec.services.len()),
+            format!(
+                "{} services; at most {MAX_SERVICES} allowed",
+                spec.services.len()
+            ),
         ));
     }
     for (i, s) in spec.services.iter().enumerate() {
@@ -348,7 +412,10 @@ pub fn registration(field: &str, spec: InstanceSpec) -> Result<Registration, Err
     if let Some(w) = services.windows(2).find(|w| w[0].name == w[1].name) {
         return Err(invalid(
             f("services"),
-            format!("service {:?} is listed twice with different definitions", w[0].name),
+            format!(
+                "service {:?} is listed twice with different definitions",
+                w[0].name
+            ),
         ));
     }
     let revision = if spec.revision.is_empty() {
@@ -358,7 +425,10 @@ pub fn registration(field: &str, spec: InstanceSpec) -> Result<Registration, Err
         spec.revision
     };
     let id = if spec.id.is_empty() {
-        let (_, first) = ports.iter().next().ok_or_else(|| invalid(f("ports"), "at least one port is required"))?;
+        let (_, first) = ports
+            .iter()
+            .next()
+            .ok_or_else(|| invalid(f("ports"), "at least one port is required"))?;
         if spec.address.contains(':') {
             format!("[{}]:{first}", spec.address)
         } else {
@@ -371,7 +441,10 @@ pub fn registration(field: &str, spec: InstanceSpec) -> Result<Registration, Err
     let session = spec.session.filter(|s| *s != 0);
     if let Some(p) = &spec.provenance {
         if p.source.is_empty() {
-            return Err(invalid(f("provenance.source"), "must not be empty when provenance is given"));
+            return Err(invalid(
+                f("provenance.source"),
+                "must not be empty when provenance is given",
+            ));
         }
     }
     Ok(Registration {
@@ -435,10 +508,26 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for ok in ["10.1.2.3", "::1", "fd00::1:2", "pay-1.svc.cluster.local", "localhost", "a.b."] {
+        for ok in [
+            "10.1.2.3",
+            "::1",
+            "fd00::1:2",
+            "pay-1.svc.cluster.local",
+            "localhost",
+            "a.b.",
+        ] {
             address("a", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["", "999.1.1.1", "1.2.3", "fd00:::1:2:3", "-a.com", "a..b", "host_name", "a b"] {
+        for bad in [
+            "",
+            "999.1.1.1",
+            "1.2.3",
+            "fd00:::1:2:3",
+            "-a.com",
+            "a..b",
+            "host_name",
+            "a b",
+        ] {
             assert!(address("a", bad).is_err(), "{bad} accepted");
         }
     }
@@ -447,7 +536,10 @@ mod tests {
     fn ports_and_weights() {
         let mut s = spec();
         s.ports.insert("grpc".into(), 70000);
-        assert_eq!(field_of(registration("i", s).unwrap_err()), "i.ports[\"grpc\"]");
+        assert_eq!(
+            field_of(registration("i", s).unwrap_err()),
+            "i.ports[\"grpc\"]"
+        );
         let mut s = spec();
         s.ports.insert("x".into(), 0);
         assert!(registration("i", s).is_err());
@@ -471,13 +563,17 @@ mod tests {
         assert!(label_value("v", "a b").is_err());
         let mut s = spec();
         s.labels.insert("env".into(), "prod!".into());
-        assert_eq!(field_of(registration("i", s).unwrap_err()), "i.labels[\"env\"]");
+        assert_eq!(
+            field_of(registration("i", s).unwrap_err()),
+            "i.labels[\"env\"]"
+        );
     }
 
     #[test]
     fn metadata_size_limit() {
         let mut s = spec();
-        s.metadata.insert("blob".into(), "x".repeat(MAX_METADATA_BYTES));
+        s.metadata
+            .insert("blob".into(), "x".repeat(MAX_METADATA_BYTES));
         assert_eq!(field_of(registration("i", s).unwrap_err()), "i.metadata");
     }
 
@@ -489,14 +585,26 @@ mod tests {
             port_name: "grpc".into(),
             ..Default::default()
         });
-        assert_eq!(field_of(registration("i", s).unwrap_err()), "i.services[0].port_name");
+        assert_eq!(
+            field_of(registration("i", s).unwrap_err()),
+            "i.services[0].port_name"
+        );
     }
 
     #[test]
     fn revision_is_order_independent() {
-        let a = ServiceDef { name: "a".into(), ..Default::default() };
-        let b = ServiceDef { name: "b".into(), ..Default::default() };
-        assert_eq!(compute_revision(&[a.clone(), b.clone()]), compute_revision(&[b, a.clone()]));
+        let a = ServiceDef {
+            name: "a".into(),
+            ..Default::default()
+        };
+        let b = ServiceDef {
+            name: "b".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            compute_revision(&[a.clone(), b.clone()]),
+            compute_revision(&[b, a.clone()])
+        );
         assert_ne!(compute_revision(&[a]), compute_revision(&[]));
     }
 }

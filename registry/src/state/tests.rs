@@ -17,7 +17,10 @@ fn spec(app: &str, id: &str, labels: &[(&str, &str)]) -> InstanceSpec {
         id: id.into(),
         address: "10.0.0.1".into(),
         ports: [("http".to_string(), 8080)].into_iter().collect(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -39,13 +42,29 @@ fn register(r: &mut Registry, specs: Vec<InstanceSpec>) -> CommandResponse {
 #[test]
 fn register_list_deregister() {
     let mut r = Registry::new(100);
-    let resp = register(&mut r, vec![spec("pay", "a", &[("env", "prod")]), spec("pay", "b", &[("env", "dev")])]);
-    assert_eq!(resp, CommandResponse::Applied { revision: 1, count: 2 });
+    let resp = register(
+        &mut r,
+        vec![
+            spec("pay", "a", &[("env", "prod")]),
+            spec("pay", "b", &[("env", "dev")]),
+        ],
+    );
+    assert_eq!(
+        resp,
+        CommandResponse::Applied {
+            revision: 1,
+            count: 2
+        }
+    );
     let sel = Selector {
         labels: vec![Requirement::In("env".into(), vec!["prod".into()])],
         ..Default::default()
     };
-    let got: Vec<String> = r.list("default", &sel).iter().map(|i| i.id.clone()).collect();
+    let got: Vec<String> = r
+        .list("default", &sel)
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
     assert_eq!(got, vec!["a"]);
     let resp = r.apply(&Command::Deregister {
         keys: vec![InstanceKey {
@@ -54,7 +73,13 @@ fn register_list_deregister() {
             id: "a".into(),
         }],
     });
-    assert_eq!(resp, CommandResponse::Applied { revision: 2, count: 1 });
+    assert_eq!(
+        resp,
+        CommandResponse::Applied {
+            revision: 2,
+            count: 1
+        }
+    );
     assert!(r.list("default", &sel).is_empty());
     assert_eq!(r.instance_count(), 1);
 }
@@ -67,12 +92,16 @@ fn rejected_register_changes_nothing() {
     let mut bad = spec("pay", "b", &[]);
     bad.namespace = "missing".into();
     let resp = register(&mut r, vec![spec("pay", "c", &[]), bad]);
-    assert!(matches!(resp, CommandResponse::Rejected(Error::NotFound { ref kind, .. }) if kind == "namespace"));
+    assert!(
+        matches!(resp, CommandResponse::Rejected(Error::NotFound { ref kind, .. }) if kind == "namespace")
+    );
     assert_eq!(r.revision(), before);
     assert_eq!(r.instance_count(), 1);
     let mut bad = spec("pay", "d", &[]);
     bad.session = Some(99);
-    assert!(matches!(register(&mut r, vec![bad]), CommandResponse::Rejected(Error::NotFound { ref kind, .. }) if kind == "session"));
+    assert!(
+        matches!(register(&mut r, vec![bad]), CommandResponse::Rejected(Error::NotFound { ref kind, .. }) if kind == "session")
+    );
     assert_eq!(r.instance_count(), 1);
 }
 
@@ -87,7 +116,9 @@ fn revision_services_are_immutable() {
     b.revision = "r1".into();
     b.services = vec![svc("pay.Other")];
     let resp = register(&mut r, vec![b]);
-    assert!(matches!(resp, CommandResponse::Rejected(Error::InvalidArgument { ref field, .. }) if field == "instances[0].services"));
+    assert!(
+        matches!(resp, CommandResponse::Rejected(Error::InvalidArgument { ref field, .. }) if field == "instances[0].services")
+    );
 }
 
 #[test]
@@ -117,15 +148,23 @@ fn service_mapping_follows_revisions() {
 #[test]
 fn sessions_remove_their_instances() {
     let mut r = Registry::new(100);
-    let CommandResponse::SessionGranted { id, .. } = r.apply(&Command::GrantSession { ttl_ms: 5000 }) else {
+    let CommandResponse::SessionGranted { id, .. } =
+        r.apply(&Command::GrantSession { ttl_ms: 5000 })
+    else {
         panic!("grant failed")
     };
     let mut a = spec("pay", "a", &[]);
     a.session = Some(id);
     register(&mut r, vec![a, spec("pay", "persistent", &[])]);
-    let resp = r.apply(&Command::RevokeSessions { ids: vec![id, 12345] });
+    let resp = r.apply(&Command::RevokeSessions {
+        ids: vec![id, 12345],
+    });
     assert!(matches!(resp, CommandResponse::Applied { count: 1, .. }));
-    let left: Vec<String> = r.list("default", &Selector::default()).iter().map(|i| i.id.clone()).collect();
+    let left: Vec<String> = r
+        .list("default", &Selector::default())
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
     assert_eq!(left, vec!["persistent"]);
     assert_eq!(r.session_ttl(id), None);
 }
@@ -147,7 +186,10 @@ fn feed_overflow_forces_resync() {
         register(&mut r, vec![spec("pay", &format!("i{i}"), &[])]);
     }
     assert!(r.feed().since(4).is_some());
-    assert!(r.feed().since(1).is_none(), "revision 2 was dropped from the feed");
+    assert!(
+        r.feed().since(1).is_none(),
+        "revision 2 was dropped from the feed"
+    );
     let after3: Vec<u64> = r.feed().since(3).unwrap().map(|e| e.revision).collect();
     assert_eq!(after3, vec![4, 5]);
 }
@@ -160,14 +202,24 @@ fn namespaces() {
         labels: BTreeMap::new(),
     };
     assert!(matches!(r.apply(&create), CommandResponse::Applied { .. }));
-    assert!(matches!(r.apply(&create), CommandResponse::Rejected(Error::AlreadyExists { .. })));
+    assert!(matches!(
+        r.apply(&create),
+        CommandResponse::Rejected(Error::AlreadyExists { .. })
+    ));
     let mut s = spec("pay", "a", &[]);
     s.namespace = "team-a".into();
     register(&mut r, vec![s]);
-    let del = Command::DeleteNamespace { name: "team-a".into() };
-    assert!(matches!(r.apply(&del), CommandResponse::Rejected(Error::FailedPrecondition(_))));
+    let del = Command::DeleteNamespace {
+        name: "team-a".into(),
+    };
     assert!(matches!(
-        r.apply(&Command::DeleteNamespace { name: "default".into() }),
+        r.apply(&del),
+        CommandResponse::Rejected(Error::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        r.apply(&Command::DeleteNamespace {
+            name: "default".into()
+        }),
         CommandResponse::Rejected(Error::FailedPrecondition(_))
     ));
     // Instances in other namespaces are invisible.
@@ -178,7 +230,9 @@ fn namespaces() {
 #[test]
 fn snapshot_roundtrip_rebuilds_everything() {
     let mut r = Registry::new(100);
-    let CommandResponse::SessionGranted { id, .. } = r.apply(&Command::GrantSession { ttl_ms: 5000 }) else {
+    let CommandResponse::SessionGranted { id, .. } =
+        r.apply(&Command::GrantSession { ttl_ms: 5000 })
+    else {
         panic!()
     };
     let mut a = spec("pay", "a", &[("env", "prod")]);
@@ -189,12 +243,17 @@ fn snapshot_roundtrip_rebuilds_everything() {
     let mut r2 = Registry::from_snapshot(postcard::from_bytes(&bytes).unwrap(), 100);
     assert_eq!(r2.revision(), r.revision());
     assert_eq!(r2.resolve("default", "pay.Api"), vec!["pay"]);
-    assert_eq!(r2.list("default", &Selector::default()), r.list("default", &Selector::default()));
+    assert_eq!(
+        r2.list("default", &Selector::default()),
+        r.list("default", &Selector::default())
+    );
     // Sessions still own their instances after the rebuild.
     r2.apply(&Command::RevokeSessions { ids: vec![id] });
     assert_eq!(r2.instance_count(), 1);
     // The next session id carries over.
-    assert!(matches!(r2.apply(&Command::GrantSession { ttl_ms: 5000 }), CommandResponse::SessionGranted { id: i2, .. } if i2 == id + 1));
+    assert!(
+        matches!(r2.apply(&Command::GrantSession { ttl_ms: 5000 }), CommandResponse::SessionGranted { id: i2, .. } if i2 == id + 1)
+    );
 }
 
 // ----- property test: index == linear scan -----
@@ -227,11 +286,16 @@ fn arb_spec() -> impl Strategy<Value = InstanceSpec> {
             if canary {
                 labels.insert("canary".to_string(), String::new());
             }
-            let mut services: Vec<ServiceDef> = svcs.into_iter().map(|s| svc(SERVICES[s])).collect();
+            let mut services: Vec<ServiceDef> =
+                svcs.into_iter().map(|s| svc(SERVICES[s])).collect();
             services.sort();
             services.dedup();
             InstanceSpec {
-                namespace: if id % 7 == 0 { "other".into() } else { "default".into() },
+                namespace: if id % 7 == 0 {
+                    "other".into()
+                } else {
+                    "default".into()
+                },
                 app: APPS[app].into(),
                 id: format!("i{id}"),
                 address: "10.0.0.1".into(),
@@ -251,7 +315,10 @@ fn arb_spec() -> impl Strategy<Value = InstanceSpec> {
 
 fn arb_requirement() -> impl Strategy<Value = Requirement> {
     let key = prop_oneof![Just("version"), Just("env"), Just("canary"), Just("absent")];
-    let values = proptest::collection::vec(prop_oneof![Just("v1"), Just("v2"), Just("prod"), Just("dev"), Just("")], 1..3);
+    let values = proptest::collection::vec(
+        prop_oneof![Just("v1"), Just("v2"), Just("prod"), Just("dev"), Just("")],
+        1..3,
+    );
     (key, values, 0..4u8).prop_map(|(k, vs, op)| {
         let k = k.to_string();
         let vs: Vec<String> = vs.into_iter().map(String::from).collect();

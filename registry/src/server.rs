@@ -1,0 +1,102 @@
+//! Runs a registry node with its gRPC and HTTP APIs on already-bound
+//! listeners until a shutdown future resolves, then drains: watch streams
+//! and blocking queries end, the servers stop accepting and finish
+//! in-flight requests, and Raft stops with everything flushed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api;
+use crate::config::Config;
+use crate::node::Node;
+
+/// How long in-flight requests get to finish at shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Listeners a server runs on (bind port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP API listener.
+    pub http: TcpListener,
+    /// gRPC API listener.
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    ///
+    /// # Errors
+    /// The bind error, naming the address.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on http_addr {}: {e}", config.http_addr))?;
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on grpc_addr {}: {e}", config.grpc_addr))?;
+        Ok(Self { http, grpc })
+    }
+}
+
+/// Starts the node, serves until `shutdown` resolves, then drains.
+/// `on_ready` is called with the node once both servers accept requests.
+///
+/// # Errors
+/// When the node cannot start (data directory, Raft) or a server fails.
+pub async fn run(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Arc<Node>),
+) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(api::grpc::RegistryService::server(node.clone()))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(listeners.http, api::http::router(node.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+    on_ready(&node);
+
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    node.begin_shutdown();
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let g = grpc_task.await;
+        let h = http_task.await;
+        (g, h)
+    })
+    .await;
+    match drained {
+        Ok((g, h)) => {
+            if let Ok(Err(e)) = g {
+                tracing::warn!(error = %e, "gRPC server ended with an error");
+            }
+            if let Ok(Err(e)) = h {
+                tracing::warn!(error = %e, "HTTP server ended with an error");
+            }
+        }
+        Err(_) => tracing::warn!(
+            "in-flight requests did not finish within {DRAIN_TIMEOUT:?}; closing them"
+        ),
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
