@@ -10,6 +10,10 @@
 //! made durable by the log plus snapshots: on start it is restored from the
 //! current snapshot and openraft re-applies the committed log after it.
 
+// openraft's `StorageError` is large and its signatures are fixed by the
+// storage traits; boxing it here would only move the copy.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};

@@ -352,13 +352,13 @@ fn arb_selector() -> impl Strategy<Value = Selector> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Register(InstanceSpec),
+    Register(Box<InstanceSpec>),
     Deregister(usize, u32),
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => arb_spec().prop_map(Op::Register),
+        4 => arb_spec().prop_map(|s| Op::Register(Box::new(s))),
         1 => (0..APPS.len(), 0..40u32).prop_map(|(a, i)| Op::Deregister(a, i)),
     ]
 }
@@ -375,7 +375,8 @@ proptest! {
         r.apply(&Command::CreateNamespace { name: "other".into(), labels: BTreeMap::new() });
         for op in ops {
             match op {
-                Op::Register(mut s) => {
+                Op::Register(s) => {
+                    let mut s = *s;
                     // A revision's services are immutable: derive the revision.
                     s.revision.clear();
                     r.apply(&Command::Register { entries: vec![reg_of(s)] });
