@@ -239,7 +239,7 @@ fn instance_line(i: &pb::Instance) -> String {
         .map(|l| l.zone.clone())
         .unwrap_or_default();
     format!(
-        "{:<20} {:<24} {:<16} {:<18} {:<11} {:<8} {}",
+        "{:<20} {:<24} {:<16} {:<24} {:<11} {:<8} {}",
         i.app,
         i.id,
         i.address,
@@ -250,7 +250,7 @@ fn instance_line(i: &pb::Instance) -> String {
     )
 }
 
-const HEADER: &str = "APP                  ID                       ADDRESS          PORTS              HEALTH      ZONE     LABELS";
+const HEADER: &str = "APP                  ID                       ADDRESS          PORTS                    HEALTH      ZONE     LABELS";
 
 /// Runs one ctl command.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -430,7 +430,12 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 for i in &r.instances {
                     println!("{}", instance_line(i));
                 }
-                println!("({} instances, revision {})", r.instances.len(), r.revision);
+                let n = r.instances.len();
+                println!(
+                    "({n} instance{}, revision {})",
+                    if n == 1 { "" } else { "s" },
+                    r.revision
+                );
             }
         }
         CtlCmd::Get { app, id } => {

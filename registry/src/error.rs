@@ -44,8 +44,10 @@ pub enum Error {
     NotLeader {
         /// The leader's node id, when known.
         leader_id: Option<u64>,
-        /// The leader's API address, when known.
+        /// The leader's gRPC API address, when known.
         leader_addr: Option<String>,
+        /// The leader's HTTP API address, when known.
+        leader_http_addr: Option<String>,
     },
     /// The node cannot serve the request right now (no quorum, shutting down, lagging).
     #[error("unavailable: {0}")]

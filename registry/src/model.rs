@@ -229,7 +229,8 @@ pub struct InstanceSpec {
     pub metadata: BTreeMap<String, String>,
     /// Weight; 0 means [`DEFAULT_WEIGHT`].
     pub weight: u32,
-    /// Health; `None` means SERVING.
+    /// Health; `None` means SERVING. Case-insensitive in JSON.
+    #[serde(deserialize_with = "health_any_case")]
     pub health: Option<Health>,
     /// Locality.
     pub locality: Locality,
@@ -241,6 +242,14 @@ pub struct InstanceSpec {
     pub session: Option<u64>,
     /// Provenance, for records imported from another registry.
     pub provenance: Option<Provenance>,
+}
+
+/// Reads an optional health state by name, in any case (JSON input only;
+/// the Raft log uses the derived encoding of [`Health`]).
+fn health_any_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Health>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// A validated registration, as it travels in the Raft log.

@@ -12,9 +12,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
-use crate::store::{NodeId, TypeConfig};
+use crate::store::{MemberNode, NodeId, TypeConfig};
 
 /// Factory of [`SingleNodeConnection`]s.
 #[derive(Debug, Clone, Default)]
@@ -31,7 +30,7 @@ pub struct SingleNodeConnection {
 struct NoPeers(NodeId);
 
 impl SingleNodeConnection {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
+    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, MemberNode, E> {
         RPCError::Unreachable(Unreachable::new(&NoPeers(self.target)))
     }
 }
@@ -39,7 +38,7 @@ impl SingleNodeConnection {
 impl RaftNetworkFactory<TypeConfig> for SingleNodeNetwork {
     type Network = SingleNodeConnection;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: NodeId, _node: &MemberNode) -> Self::Network {
         SingleNodeConnection { target }
     }
 }
@@ -49,7 +48,8 @@ impl RaftNetwork<TypeConfig> for SingleNodeConnection {
         &mut self,
         _rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
+    {
         Err(self.unreachable())
     }
 
@@ -59,7 +59,7 @@ impl RaftNetwork<TypeConfig> for SingleNodeConnection {
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         Err(self.unreachable())
     }
@@ -68,7 +68,7 @@ impl RaftNetwork<TypeConfig> for SingleNodeConnection {
         &mut self,
         _rpc: VoteRequest<NodeId>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
         Err(self.unreachable())
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::ServerState;
 use tokio::sync::watch;
 
 use crate::command::{Command, CommandResponse};
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{CommandLabels, CommandOnly, Metrics};
 use crate::network::SingleNodeNetwork;
 use crate::sessions::LeaseTable;
-use crate::store::{self, NodeId, Raft, Shared};
+use crate::store::{self, MemberNode, NodeId, Raft, Shared};
 
 /// How a read waits before it is served.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,10 +50,11 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn map_leader_error(leader_id: Option<NodeId>, leader_node: Option<BasicNode>) -> Error {
+fn map_leader_error(leader_id: Option<NodeId>, leader_node: Option<MemberNode>) -> Error {
     Error::NotLeader {
         leader_id,
-        leader_addr: leader_node.map(|n| n.addr),
+        leader_addr: leader_node.as_ref().map(|n| n.grpc_addr.clone()),
+        leader_http_addr: leader_node.map(|n| n.http_addr),
     }
 }
 
@@ -64,7 +65,7 @@ impl Node {
     /// # Errors
     /// When the data directory cannot be opened (another meshreg may hold
     /// it) or Raft cannot start.
-    pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Node>> {
+    pub async fn start(config: Arc<Config>, me: MemberNode) -> anyhow::Result<Arc<Node>> {
         let dir = config.data_dir.join("sled");
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
@@ -90,12 +91,25 @@ impl Node {
         .await?;
         if !raft.is_initialized().await? {
             let mut members = BTreeMap::new();
-            members.insert(config.node_id, BasicNode::new(config.raft_addr.to_string()));
+            members.insert(config.node_id, me);
             raft.initialize(members).await?;
             tracing::info!(
                 node_id = config.node_id,
                 "initialized a new single-node cluster"
             );
+        } else {
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            if membership.get_node(&config.node_id).is_none() {
+                let ids: Vec<String> = membership.nodes().map(|(id, _)| id.to_string()).collect();
+                raft.shutdown().await.ok();
+                anyhow::bail!(
+                    "node_id {} is not a member of the cluster stored in {} (members: {}); start with the node id this data directory belongs to",
+                    config.node_id,
+                    config.data_dir.display(),
+                    ids.join(", ")
+                );
+            }
         }
         let (shutdown_tx, _) = watch::channel(false);
         let node = Arc::new(Node {
@@ -262,13 +276,10 @@ impl Node {
         };
         if self.leader_term().is_none() {
             let m = self.raft.metrics().borrow().clone();
-            let addr = m.current_leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
-            return Err(map_leader_error(m.current_leader, addr.map(BasicNode::new)));
+            let leader = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            return Err(map_leader_error(m.current_leader, leader));
         }
         self.leases
             .lock()

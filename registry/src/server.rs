@@ -54,7 +54,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Arc<Node>),
 ) -> anyhow::Result<()> {
-    let node = Node::start(config).await?;
+    let me = crate::store::MemberNode {
+        raft_addr: config.raft_addr.to_string(),
+        grpc_addr: listeners.grpc.local_addr()?.to_string(),
+        http_addr: listeners.http.local_addr()?.to_string(),
+    };
+    let node = Node::start(config, me).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

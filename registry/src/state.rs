@@ -115,6 +115,15 @@ impl Registry {
     /// changes nothing.
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
         let rev = self.revision + 1;
+        // Whether an `Ok` result is a change even when it touched no
+        // instance: namespace changes are; re-registering identical
+        // instances or removing absent ones are not, and do not use up a
+        // revision; revoking a live session (even an empty one) is.
+        let change_without_instances = match cmd {
+            Command::CreateNamespace { .. } | Command::DeleteNamespace { .. } => true,
+            Command::RevokeSessions { ids } => ids.iter().any(|i| self.sessions.contains_key(i)),
+            _ => false,
+        };
         let result = match cmd {
             Command::CreateNamespace { name, labels } => self.create_namespace(name, labels, rev),
             Command::DeleteNamespace { name } => self.delete_namespace(name, rev),
@@ -140,6 +149,10 @@ impl Registry {
             Command::RevokeSessions { ids } => Ok(self.revoke_sessions(ids, rev)),
         };
         match result {
+            Ok(0) if !change_without_instances => CommandResponse::Applied {
+                revision: self.revision,
+                count: 0,
+            },
             Ok(count) => {
                 self.revision = rev;
                 CommandResponse::Applied {

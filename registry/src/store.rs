@@ -22,9 +22,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
-    RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -35,11 +34,34 @@ use crate::state::{Registry, RegistrySnapshot};
 /// Raft node id.
 pub type NodeId = u64;
 
+/// A member of the cluster as recorded in the Raft membership: where peers
+/// reach it and where clients should be sent when it leads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    /// Raft peer address (`raft_addr`).
+    pub raft_addr: String,
+    /// gRPC API address (`grpc_addr`).
+    pub grpc_addr: String,
+    /// HTTP API address (`http_addr`).
+    pub http_addr: String,
+}
+
+impl std::fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "raft={} grpc={} http={}",
+            self.raft_addr, self.grpc_addr, self.http_addr
+        )
+    }
+}
+
 openraft::declare_raft_types!(
     /// openraft type configuration: registry commands in, command responses out.
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
+        Node = MemberNode,
 );
 
 /// The Raft handle of a registry node.
@@ -282,7 +304,7 @@ pub struct SmState {
     /// Last log id applied to it.
     pub last_applied: Option<LogId<NodeId>>,
     /// Last membership applied.
-    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub membership: StoredMembership<NodeId, MemberNode>,
 }
 
 /// State shared between the state machine and the API: the applied state
@@ -319,7 +341,7 @@ impl Shared {
 /// A snapshot as stored in sled.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: SnapshotMeta<NodeId, MemberNode>,
     data: Vec<u8>,
 }
 
@@ -372,7 +394,7 @@ impl StateMachineStore {
 
     async fn save_snapshot(
         &self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, MemberNode>,
         data: Vec<u8>,
     ) -> StorageResult<()> {
         let stored = StoredSnapshot {
@@ -434,7 +456,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>)> {
         let s = self.shared.read();
         Ok((s.last_applied, s.membership.clone()))
     }
@@ -475,7 +497,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, MemberNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();

@@ -80,7 +80,7 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
-                anyhow::bail!("meshreg did not start within 60 s; log:\n{log}");
+                anyhow::bail!("meshreg exited or did not start within 60 s; its log:\n{log}");
             }
         };
         let v: Value = serde_json::from_str(&line)?;

@@ -91,7 +91,34 @@ fn http_bad_input_is_rejected_and_changes_nothing() {
     assert_eq!(s.put("/v1/sessions/777/keepalive").status, 404);
     assert_eq!(s.post("/v1/sessions", r#"{"ttl_ms": 5}"#).status, 400);
     assert_eq!(s.delete("/v1/namespaces/default").status, 409);
-    assert_eq!(s.get("/v1/nothing/here").status, 404);
+    let r = s.get("/v1/nothing/here");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/nothing/here"),
+        "{}",
+        r.text
+    );
+    let r = s.put("/v1/namespaces");
+    assert_eq!(r.status, 405);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PUT"),
+        "{}",
+        r.text
+    );
+    // Parameters a route does not take are named, not silently ignored.
+    let r = s.get("/v1/namespaces?app=x");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["field"], "app");
+    assert_eq!(
+        s.get("/v1/namespaces/default/apps?labels=a%3Db").status,
+        400
+    );
     assert_eq!(snapshot(&s), before);
 }
 

@@ -272,3 +272,32 @@ fn acknowledged_writes_survive_kill_9() {
         "metrics exported"
     );
 }
+
+#[test]
+fn restart_with_another_node_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    assert!(s.stop());
+    let err = Server::start(dir.path(), &["--node-id", "7"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("node_id 7 is not a member"), "{err}");
+    // The right id still starts, with the data intact.
+    let s = Server::start(dir.path(), &["--node-id", "1"]).unwrap();
+    assert_eq!(s.get("/readyz").status, 200);
+}
+
+#[test]
+fn health_names_are_case_insensitive_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    let r = s.post(
+        "/v1/namespaces/default/instances",
+        r#"{"app":"pay","address":"10.0.0.1","ports":{"http":80},"health":"warning"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s
+        .get("/v1/namespaces/default/instances?health=WARNING")
+        .json();
+    assert_eq!(r["instances"][0]["health"], "WARNING");
+}

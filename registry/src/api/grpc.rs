@@ -32,6 +32,7 @@ pub fn to_status(e: Error) -> Status {
         Error::NotLeader {
             leader_id,
             leader_addr,
+            ..
         } => {
             let mut s = Status::unavailable(msg);
             if let Some(id) = leader_id {

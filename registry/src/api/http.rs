@@ -67,9 +67,11 @@ impl IntoResponse for ApiError {
             Error::NotLeader {
                 leader_id,
                 leader_addr,
+                leader_http_addr,
             } => {
                 body["leader_id"] = json!(leader_id);
                 body["leader_addr"] = json!(leader_addr);
+                body["leader_http_addr"] = json!(leader_http_addr);
             }
             _ => {}
         }
@@ -145,6 +147,36 @@ struct ListQuery {
 }
 
 impl ListQuery {
+    /// Rejects parameters the route does not use, naming them.
+    fn only(&self, allowed: &[&str]) -> Result<(), Error> {
+        let set = [
+            ("app", self.app.is_some()),
+            ("service", self.service.is_some()),
+            ("health", self.health.is_some()),
+            ("region", self.region.is_some()),
+            ("zone", self.zone.is_some()),
+            ("subzone", self.subzone.is_some()),
+            ("labels", self.labels.is_some()),
+            ("min_revision", self.min_revision.is_some()),
+            ("linearizable", self.linearizable.is_some()),
+            ("index", self.index.is_some()),
+            ("wait", self.wait.is_some()),
+            ("from_revision", self.from_revision.is_some()),
+        ];
+        for (name, present) in set {
+            if present && !allowed.contains(&name) {
+                return Err(Error::invalid(
+                    name,
+                    format!(
+                        "not accepted by this route; it takes: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn selector(&self) -> Result<Selector, Error> {
         let mut health = Vec::new();
         if let Some(h) = &self.health {
@@ -235,11 +267,23 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sessions", post(grant_session))
         .route("/v1/sessions/{id}", axum::routing::delete(revoke_session))
         .route("/v1/sessions/{id}/keepalive", put(keepalive))
-        .fallback(|| async {
-            ApiError(Error::not_found(
-                "route",
-                "this path; see docs/api.md for the HTTP API",
-            ))
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                let e = Error::FailedPrecondition(format!(
+                    "method {method} is not allowed on {}; see docs/api.md",
+                    uri.path()
+                ));
+                let mut resp = ApiError(e).into_response();
+                *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                resp
+            },
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError(Error::NotFound {
+                kind: "route".into(),
+                name: uri.path().to_string(),
+                hint: "; see docs/api.md for the HTTP API".into(),
+            })
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -280,6 +324,7 @@ struct NamespaceBody {
 
 async fn list_namespaces(State(node): S, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
+    q.only(&["min_revision", "linearizable"])?;
     let (ns, revision) = ops::namespaces(&node, q.read()).await?;
     Ok(Json(json!({"revision": revision, "namespaces": ns})).into_response())
 }
@@ -347,6 +392,19 @@ async fn list_instances(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
+    q.only(&[
+        "app",
+        "service",
+        "health",
+        "region",
+        "zone",
+        "subzone",
+        "labels",
+        "min_revision",
+        "linearizable",
+        "index",
+        "wait",
+    ])?;
     let sel = q.selector()?;
     q.block(&node, &ns).await?;
     let r = ops::list(&node, &ns, &sel, q.read()).await?;
@@ -362,6 +420,7 @@ async fn get_instance(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
+    q.only(&["min_revision", "linearizable"])?;
     let r = ops::get(
         &node,
         &InstanceKey {
@@ -384,6 +443,7 @@ async fn list_apps(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
+    q.only(&["min_revision", "linearizable", "index", "wait"])?;
     q.block(&node, &ns).await?;
     let r = ops::applications(&node, &ns, q.read()).await?;
     Ok(with_index(
@@ -398,6 +458,7 @@ async fn get_revision(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
+    q.only(&["min_revision", "linearizable"])?;
     let r = ops::service_revision(&node, &ns, &app, &revision, q.read()).await?;
     Ok(Json(json!({"revision": r.revision, "service_revision": r.value})).into_response())
 }
@@ -408,6 +469,7 @@ async fn resolve(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
+    q.only(&["min_revision", "linearizable", "index", "wait"])?;
     q.block(&node, &ns).await?;
     let r = ops::resolve(&node, &ns, &service, q.read()).await?;
     Ok(with_index(
@@ -424,6 +486,16 @@ async fn watch(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
+    q.only(&[
+        "app",
+        "service",
+        "health",
+        "region",
+        "zone",
+        "subzone",
+        "labels",
+        "from_revision",
+    ])?;
     let sel = q.selector()?;
     ops::require_namespace(&node, "namespace", &ns)?;
     let rx = crate::watch::spawn(node.clone(), ns, sel, q.from_revision.unwrap_or(0));

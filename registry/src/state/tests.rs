@@ -174,9 +174,25 @@ fn identical_reregister_is_not_a_change() {
     let mut r = Registry::new(100);
     register(&mut r, vec![spec("pay", "a", &[])]);
     let n = r.feed().len();
+    let rev = r.revision();
     let resp = register(&mut r, vec![spec("pay", "a", &[])]);
     assert!(matches!(resp, CommandResponse::Applied { count: 0, .. }));
     assert_eq!(r.feed().len(), n);
+    // No-ops do not use up a revision.
+    assert_eq!(r.revision(), rev);
+    let gone = InstanceKey {
+        namespace: "default".into(),
+        app: "pay".into(),
+        id: "nope".into(),
+    };
+    assert_eq!(
+        r.apply(&Command::Deregister { keys: vec![gone] }),
+        CommandResponse::Applied {
+            revision: rev,
+            count: 0
+        }
+    );
+    assert_eq!(r.revision(), rev);
 }
 
 #[test]
