@@ -10,12 +10,19 @@
 //! `Registry::apply` alone (including the clone of each instance into the
 //! store, index maintenance and the feed event).
 //!
+//! Fill: the same commands applied to an empty registry, [`FILL`] instances
+//! per iteration, so every instance takes fresh memory and the maps grow;
+//! cloning the commands and dropping the registry are not timed.
+//!
+//! Every throughput is in instances/s; with one instance per command that
+//! is also commands/s, with 100 it is 100 × commands/s.
+//!
 //! Run: `cargo bench -p meshreg-benches --bench apply`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use meshreg_benches::workload::Workload;
 use meshreg_registry::command::{Command, CommandResponse};
 use meshreg_registry::model::Registration;
@@ -26,6 +33,8 @@ const SEED: u64 = 0x6d65_7368_7265_6731;
 const BASE: u32 = 100_000;
 /// New instances registered per timed chunk.
 const CHUNK: u32 = 1_000;
+/// Instances registered into an empty registry per fill iteration.
+const FILL: u32 = 10_000;
 /// Feed events kept (a bounded ring; full in steady state).
 const FEED_CAPACITY: usize = 10_000;
 
@@ -95,5 +104,37 @@ fn apply_register(c: &mut Criterion) {
     assert_eq!(reg.instance_count(), BASE as usize);
 }
 
-criterion_group!(benches, apply_register);
+fn apply_register_fill(c: &mut Criterion) {
+    let pool = Workload::new(SEED)
+        .registrations(0..FILL)
+        .expect("fill specs are valid");
+    let mut group = c.benchmark_group("apply_register_fill");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(u64::from(FILL)));
+    for per_command in [1usize, 100] {
+        let cmds = commands(&pool, per_command);
+        group.bench_function(
+            BenchmarkId::new("instances_per_command", per_command),
+            |b| {
+                b.iter_batched(
+                    || cmds.clone(),
+                    |cmds| {
+                        let mut reg = Registry::new(FEED_CAPACITY);
+                        for c in &cmds {
+                            black_box(reg.apply(black_box(c)));
+                        }
+                        // Returned, so dropping the registry and commands is not timed.
+                        (reg, cmds)
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, apply_register, apply_register_fill);
 criterion_main!(benches);
