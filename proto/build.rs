@@ -4,7 +4,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY of set_var: build scripts are single-threaded.
     std::env::set_var("PROTOC", protoc);
-    let protos = ["proto/meshreg/registry/v1/registry.proto"];
+    let protos = [
+        "proto/meshreg/registry/v1/registry.proto",
+        "proto/meshreg/raft/v1/raft.proto",
+        "proto/meshreg/cluster/v1/cluster.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -6,8 +6,10 @@
 //! - [`ops`]: operations shared by both APIs.
 //! - [`convert`]: protobuf ⇄ domain conversions.
 //! - [`grpc`]: `meshreg.registry.v1.Registry` on tonic.
+//! - [`cluster`]: `meshreg.cluster.v1.Cluster`: status and membership.
 //! - [`http`]: REST/JSON on axum under `/v1/`, plus `/healthz`, `/readyz`, `/metrics`.
 
+pub mod cluster;
 pub mod convert;
 pub mod grpc;
 pub mod http;

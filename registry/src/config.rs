@@ -28,9 +28,9 @@ pub struct RaftSection {
 impl Default for RaftSection {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 250,
-            election_timeout_min_ms: 750,
-            election_timeout_max_ms: 1500,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
             snapshot_logs_since_last: 20_000,
             logs_kept_after_snapshot: 5_000,
         }
@@ -94,8 +94,13 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// gRPC listener: `meshreg.registry.v1.Registry`.
     pub grpc_addr: SocketAddr,
-    /// Address peers use for Raft traffic (advertised in the membership).
+    /// Raft peer listener (port 7072); its bound address is advertised in the membership.
     pub raft_addr: SocketAddr,
+    /// Raft addresses of existing members to join through on first start.
+    /// Empty: on first start this node initializes a new cluster (the seed).
+    pub join: Vec<String>,
+    /// Allow `PUT /debug/faults` to cut Raft links (tests only).
+    pub enable_fault_injection: bool,
     /// Time a write may wait for commit before failing with UNAVAILABLE, ms.
     pub write_timeout_ms: u64,
     /// Time a read with `min_revision` waits for this node to catch up, ms.
@@ -116,6 +121,8 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
             raft_addr: SocketAddr::from(([127, 0, 0, 1], 7072)),
+            join: Vec::new(),
+            enable_fault_injection: false,
             write_timeout_ms: 10_000,
             min_revision_wait_ms: 5_000,
             raft: RaftSection::default(),

@@ -150,6 +150,35 @@ enum CtlCmd {
     /// Namespaces.
     #[command(subcommand)]
     Namespace(NamespaceCmd),
+    /// Cluster status and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Members, leader, term, log indexes and replication lag as the node at --addr sees them.
+    Status,
+    /// Add a node: as a learner, then as a voter once it has caught up.
+    Add {
+        /// New node's id.
+        #[arg(long)]
+        node_id: u64,
+        /// Its Raft address.
+        #[arg(long)]
+        raft_addr: String,
+        /// Its gRPC API address.
+        #[arg(long)]
+        grpc_addr: String,
+        /// Its HTTP API address.
+        #[arg(long)]
+        http_addr: String,
+    },
+    /// Remove a node from the cluster (send it to the leader).
+    Remove {
+        #[arg(long)]
+        node_id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +289,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.addr))?;
+    let mut admin = meshreg_proto::cluster::v1::cluster_client::ClusterClient::new(channel.clone());
     let mut c = RegistryClient::new(channel);
     let ns = args.namespace.clone();
     let json_out = matches!(args.output, Output::Json);
@@ -545,6 +575,94 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
                 if m.events.is_empty() && m.resync && !json_out {
                     println!("{:>6} (no matching instances)", m.revision);
+                }
+            }
+        }
+        CtlCmd::Cluster(cmd) => {
+            use meshreg_proto::cluster::v1 as cpb;
+            match cmd {
+                ClusterCmd::Status => {
+                    let s = admin
+                        .status(cpb::StatusRequest {})
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    if json_out {
+                        let members: Vec<Value> = s
+                            .members
+                            .iter()
+                            .map(|m| json!({"node_id": m.node_id, "raft_addr": m.raft_addr, "grpc_addr": m.grpc_addr, "http_addr": m.http_addr, "voter": m.voter, "matched_index": m.matched_index, "lag": m.lag}))
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &json!({"node_id": s.node_id, "state": s.state, "term": s.term, "leader_id": s.leader_id, "last_log_index": s.last_log_index, "commit_index": s.commit_index, "applied_index": s.applied_index, "snapshot_index": s.snapshot_index, "revision": s.revision, "members": members})
+                            )?
+                        );
+                    } else {
+                        println!(
+                            "node {} is {} in term {}; leader {}; last log {}, applied {}, snapshot {}, revision {}",
+                            s.node_id, s.state, s.term, if s.leader_id == 0 { "unknown".to_string() } else { s.leader_id.to_string() },
+                            s.last_log_index, s.applied_index, s.snapshot_index, s.revision
+                        );
+                        println!(
+                            "{:>4}  {:<8} {:<22} {:<22} {:<22} {:>8} {:>6}",
+                            "ID", "ROLE", "RAFT", "GRPC", "HTTP", "MATCHED", "LAG"
+                        );
+                        for m in &s.members {
+                            let role = if m.node_id == s.leader_id {
+                                "leader"
+                            } else if m.voter {
+                                "voter"
+                            } else {
+                                "learner"
+                            };
+                            println!(
+                                "{:>4}  {:<8} {:<22} {:<22} {:<22} {:>8} {:>6}",
+                                m.node_id,
+                                role,
+                                m.raft_addr,
+                                m.grpc_addr,
+                                m.http_addr,
+                                m.matched_index,
+                                m.lag
+                            );
+                        }
+                    }
+                }
+                ClusterCmd::Add {
+                    node_id,
+                    raft_addr,
+                    grpc_addr,
+                    http_addr,
+                } => {
+                    let r = admin
+                        .add_node(cpb::AddNodeRequest {
+                            node_id,
+                            raft_addr,
+                            grpc_addr,
+                            http_addr,
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    println!("node {node_id} added; voters: {:?}", r.voters);
+                }
+                ClusterCmd::Remove { node_id } => {
+                    let r = admin
+                        .remove_node(cpb::RemoveNodeRequest { node_id })
+                        .await
+                        .map_err(|s| {
+                            let hint = s
+                                .metadata()
+                                .get("x-meshreg-leader-addr")
+                                .and_then(|v| v.to_str().ok())
+                                .map(|a| format!(" (send it to the leader: --addr http://{a})"))
+                                .unwrap_or_default();
+                            anyhow::anyhow!("{}: {}{hint}", s.code(), s.message())
+                        })?
+                        .into_inner();
+                    println!("node {node_id} removed; voters: {:?}", r.voters);
                 }
             }
         }

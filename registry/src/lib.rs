@@ -13,7 +13,8 @@
 //! - [`command`]: Raft log commands and their responses.
 //! - [`state`]: the registry state and its deterministic apply (sans-I/O).
 //! - [`store`]: openraft log and state-machine storage on sled.
-//! - [`network`]: the Raft transport of a single-node cluster.
+//! - [`network`]: the Raft transport between nodes (tonic), with fault injection.
+//! - [`peer`]: the peer service: Raft RPCs and requests forwarded to the leader.
 //! - [`sessions`]: session deadlines kept in the leader's memory.
 //! - [`node`]: a running node: Raft, lessor, read and write paths.
 //! - [`watch`]: watch streams over the feed.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod model;
 pub mod network;
 pub mod node;
+pub mod peer;
 pub mod selector;
 pub mod server;
 pub mod sessions;

@@ -49,9 +49,17 @@ struct ServerArgs {
     /// gRPC API address [default: 127.0.0.1:7071].
     #[arg(long, env = "MESHREG_GRPC_ADDR")]
     grpc_addr: Option<SocketAddr>,
-    /// Raft peer address advertised in the membership [default: 127.0.0.1:7072].
+    /// Raft peer listener, advertised in the membership [default: 127.0.0.1:7072].
     #[arg(long, env = "MESHREG_RAFT_ADDR")]
     raft_addr: Option<SocketAddr>,
+    /// Raft address of an existing member to join through on first start
+    /// (repeatable, or comma-separated). Without it, a first start creates a
+    /// new cluster with this node as its seed.
+    #[arg(long, env = "MESHREG_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// Allow PUT /debug/faults to cut Raft links. For fault tests only.
+    #[arg(long, hide = true)]
+    enable_fault_injection: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `meshreg_registry=debug`.
     #[arg(long, env = "MESHREG_LOG", default_value = "info,openraft=warn")]
     log: String,
@@ -77,6 +85,12 @@ impl ServerArgs {
         }
         if let Some(v) = self.raft_addr {
             c.raft_addr = v;
+        }
+        if !self.join.is_empty() {
+            c.join = self.join.clone();
+        }
+        if self.enable_fault_injection {
+            c.enable_fault_injection = true;
         }
         c.validate()?;
         Ok(c)
@@ -119,13 +133,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     let http = listeners.http.local_addr()?;
     let grpc = listeners.grpc.local_addr()?;
+    let raft = listeners.raft.local_addr()?;
     let data_dir = config.data_dir.clone();
     server::run(config.clone(), listeners, shutdown_signal(), |node| {
-        tracing::info!(%http, %grpc, data_dir = %data_dir.display(), node_id = node.id, "meshreg is serving");
+        tracing::info!(%http, %grpc, %raft, data_dir = %data_dir.display(), node_id = node.id, "meshreg is serving");
         // One machine-readable line on stdout, for scripts and tests.
         println!(
             "{}",
-            serde_json::json!({"event": "listening", "http": http.to_string(), "grpc": grpc.to_string(), "node_id": node.id})
+            serde_json::json!({"event": "listening", "http": http.to_string(), "grpc": grpc.to_string(), "raft": raft.to_string(), "node_id": node.id})
         );
     })
     .await

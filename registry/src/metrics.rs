@@ -22,6 +22,20 @@ pub struct CommandLabels {
     pub result: &'static str,
 }
 
+/// Labels of forwarded-request counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Forwarded {
+    /// `write`, `keepalive` or `read_index`.
+    pub kind: &'static str,
+}
+
+/// Labels of per-follower gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Follower {
+    /// Follower node id.
+    pub follower: u64,
+}
+
 /// Labels of per-command latency.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandOnly {
@@ -46,6 +60,14 @@ pub struct Metrics {
     pub write_seconds: Family<CommandOnly, Histogram, fn() -> Histogram>,
     /// Session keepalives accepted.
     pub keepalives: Counter,
+    /// Requests this node forwarded to the leader, by kind.
+    pub forwarded: Family<Forwarded, Counter>,
+    /// On the leader: log entries each follower is behind.
+    pub replication_lag: Family<Follower, GaugeU>,
+    /// Snapshots this node built since it started.
+    pub snapshots_built: GaugeU,
+    /// Duration of the last snapshot build, ms.
+    pub last_snapshot_ms: GaugeU,
     /// Sessions revoked because they expired.
     pub sessions_expired: Counter,
     /// Open watch streams (gRPC and HTTP).
@@ -93,6 +115,10 @@ impl Metrics {
             writes: writes.clone(),
             write_seconds: write_seconds.clone(),
             keepalives: Counter::default(),
+            forwarded: Family::default(),
+            replication_lag: Family::default(),
+            snapshots_built: GaugeU::default(),
+            last_snapshot_ms: GaugeU::default(),
             sessions_expired: Counter::default(),
             watchers: Gauge::default(),
             watch_resyncs: Counter::default(),
@@ -118,6 +144,26 @@ impl Metrics {
             "keepalives",
             "Session keepalives accepted",
             m.keepalives.clone(),
+        );
+        registry.register(
+            "forwarded",
+            "Requests forwarded to the leader, by kind",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "raft_replication_lag",
+            "On the leader: log entries each follower is behind",
+            m.replication_lag.clone(),
+        );
+        registry.register(
+            "snapshots_built",
+            "Snapshots built since start",
+            m.snapshots_built.clone(),
+        );
+        registry.register(
+            "last_snapshot_ms",
+            "Duration of the last snapshot build, ms",
+            m.last_snapshot_ms.clone(),
         );
         registry.register(
             "sessions_expired",

@@ -1,74 +1,291 @@
-//! Raft transport of a single-node cluster.
+//! Raft transport between cluster nodes: openraft's RPCs over tonic
+//! (`meshreg.raft.v1.RaftPeer`, port 7072), payloads encoded with postcard.
 //!
-//! A single-node cluster never sends Raft RPCs: the node is its own quorum.
-//! If membership ever names another node, every RPC to it fails as
-//! unreachable with a message saying that this build serves single-node
-//! clusters only, and openraft keeps retrying without harm. The networked
-//! transport (tonic on port 7072) replaces this for 3- and 5-node clusters.
+//! [`Faults`] lets tests cut links: a blocked peer is unreachable in both
+//! directions from this node's point of view (outgoing calls fail, incoming
+//! calls from it are refused). It is only settable when the server runs
+//! with fault injection enabled (see `/debug/faults` in docs/api.md).
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use meshreg_proto::raft::v1 as pb;
+use meshreg_proto::raft::v1::raft_peer_client::RaftPeerClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::store::{MemberNode, NodeId, TypeConfig};
 
-/// Factory of [`SingleNodeConnection`]s.
-#[derive(Debug, Clone, Default)]
-pub struct SingleNodeNetwork;
+/// Largest peer message, bytes (a snapshot chunk plus overhead).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A "connection" to a peer that a single-node cluster cannot reach.
+/// Links cut by fault injection.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: RwLock<BTreeSet<NodeId>>,
+}
+
+impl Faults {
+    /// Is traffic to or from `peer` cut?
+    pub fn is_blocked(&self, peer: NodeId) -> bool {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
+    }
+
+    /// Replaces the set of blocked peers.
+    pub fn set_blocked(&self, peers: BTreeSet<NodeId>) {
+        *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// The blocked peers.
+    pub fn blocked(&self) -> BTreeSet<NodeId> {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// What a peer reply carries: the postcard-encoded success value, or the
+/// error encoded as JSON (openraft's error types are only guaranteed to
+/// round-trip through a self-describing format).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireReply {
+    /// postcard bytes of the success value.
+    Ok(Vec<u8>),
+    /// JSON of the error value.
+    Err(String),
+}
+
+/// Encodes a handler's result into a peer reply.
+pub fn encode_reply<T: Serialize, E: Serialize>(r: Result<T, E>) -> pb::PeerReply {
+    let wire = match r {
+        Ok(v) => match postcard::to_stdvec(&v) {
+            Ok(b) => WireReply::Ok(b),
+            Err(e) => WireReply::Err(format!("\"encode: {e}\"")),
+        },
+        Err(e) => {
+            WireReply::Err(serde_json::to_string(&e).unwrap_or_else(|e| format!("\"encode: {e}\"")))
+        }
+    };
+    pb::PeerReply {
+        data: postcard::to_stdvec(&wire).unwrap_or_default(),
+    }
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError<E> {
+    /// The peer could not be reached (refused, cut by fault injection).
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The call failed in transport (timeout, reset, undecodable reply).
+    #[error("peer network error: {0}")]
+    Network(String),
+    /// The peer handled the call and answered with an error.
+    #[error("peer returned an error")]
+    Remote(E),
+}
+
+/// Decodes a peer reply.
+pub fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
+    reply: &pb::PeerReply,
+) -> Result<T, PeerError<E>> {
+    let wire: WireReply = postcard::from_bytes(&reply.data)
+        .map_err(|e| PeerError::Network(format!("undecodable reply: {e}")))?;
+    match wire {
+        WireReply::Ok(b) => postcard::from_bytes(&b)
+            .map_err(|e| PeerError::Network(format!("undecodable reply: {e}"))),
+        WireReply::Err(s) => match serde_json::from_str(&s) {
+            Ok(e) => Err(PeerError::Remote(e)),
+            Err(_) => Err(PeerError::Network(format!("peer error: {s}"))),
+        },
+    }
+}
+
+/// A lazily connected client to a peer's Raft port.
+pub fn peer_client(raft_addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{raft_addr}"))
+        .map_err(|e| format!("invalid peer address {raft_addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10));
+    Ok(RaftPeerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+}
+
+/// Encodes a peer request.
+pub fn encode_request<T: Serialize>(from: NodeId, v: &T) -> Result<pb::PeerRequest, String> {
+    postcard::to_stdvec(v)
+        .map(|data| pb::PeerRequest { from, data })
+        .map_err(|e| format!("encode: {e}"))
+}
+
+/// Classifies a tonic status from a peer call.
+pub fn status_error<E>(s: &tonic::Status) -> PeerError<E> {
+    match s.code() {
+        tonic::Code::Unavailable => PeerError::Unreachable(s.to_string()),
+        _ => PeerError::Network(s.to_string()),
+    }
+}
+
+/// openraft's network factory over tonic.
+#[derive(Debug, Clone)]
+pub struct GrpcNetwork {
+    me: NodeId,
+    faults: Arc<Faults>,
+}
+
+impl GrpcNetwork {
+    /// The network of node `me`.
+    pub fn new(me: NodeId, faults: Arc<Faults>) -> Self {
+        Self { me, faults }
+    }
+}
+
+/// One peer, as openraft sees it.
 #[derive(Debug)]
-pub struct SingleNodeConnection {
+pub struct PeerConnection {
+    me: NodeId,
     target: NodeId,
+    client: Result<RaftPeerClient<Channel>, String>,
+    faults: Arc<Faults>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
+        PeerConnection {
+            me: self.me,
+            target,
+            client: peer_client(&node.raft_addr),
+            faults: self.faults.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("node {0} is not reachable: this node runs a single-node cluster and has no Raft peer transport")]
-struct NoPeers(NodeId);
+#[error("{0}")]
+struct Msg(String);
 
-impl SingleNodeConnection {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, MemberNode, E> {
-        RPCError::Unreachable(Unreachable::new(&NoPeers(self.target)))
+type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E, F, Fut>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        f: F,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, tonic::Request<pb::PeerRequest>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<pb::PeerReply>, tonic::Status>>,
+    {
+        if self.faults.is_blocked(self.target) {
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                "link to node {} cut by fault injection",
+                self.target
+            )))));
+        }
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
+        };
+        let body = encode_request(self.me, req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e))))?;
+        let mut request = tonic::Request::new(body);
+        request.set_timeout(option.hard_ttl());
+        let reply = match f(client, request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                return Err(match status_error::<()>(&s) {
+                    PeerError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Msg(m))),
+                    _ => RPCError::Network(NetworkError::new(&s)),
+                })
+            }
+        };
+        match decode_reply::<Resp, RaftError<NodeId, E>>(&reply) {
+            Ok(v) => Ok(v),
+            Err(PeerError::Remote(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Err(PeerError::Unreachable(m)) => Err(RPCError::Unreachable(Unreachable::new(&Msg(m)))),
+            Err(PeerError::Network(m)) => Err(RPCError::Network(NetworkError::new(&Msg(m)))),
+        }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for SingleNodeNetwork {
-    type Network = SingleNodeConnection;
-
-    async fn new_client(&mut self, target: NodeId, _node: &MemberNode) -> Self::Network {
-        SingleNodeConnection { target }
-    }
-}
-
-impl RaftNetwork<TypeConfig> for SingleNodeConnection {
+impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
-    {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(&rpc, &option, |mut c, r| async move {
+            c.install_snapshot(r).await
+        })
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn replies_roundtrip() {
+        let ok = encode_reply::<u64, Error>(Ok(42));
+        assert_eq!(decode_reply::<u64, Error>(&ok).unwrap(), 42);
+        let err = encode_reply::<u64, Error>(Err(Error::not_found("session", "7")));
+        match decode_reply::<u64, Error>(&err) {
+            Err(PeerError::Remote(Error::NotFound { name, .. })) => assert_eq!(name, "7"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn faults_block_peers() {
+        let f = Faults::default();
+        assert!(!f.is_blocked(2));
+        f.set_blocked([2, 3].into_iter().collect());
+        assert!(f.is_blocked(2) && f.is_blocked(3) && !f.is_blocked(1));
     }
 }

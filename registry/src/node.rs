@@ -1,21 +1,33 @@
-//! A registry node: Raft over the sled store, the session lessor and the
-//! read/write paths the APIs share. Writes go through the Raft leader;
-//! reads are served from this node's applied state, optionally after
-//! waiting for a `min_revision` or confirming leadership (linearizable).
+//! A registry node: Raft over the sled store and the gRPC peer transport,
+//! the session lessor, and the read and write paths the APIs share.
+//!
+//! Any node takes any request. Writes and keepalives reaching a follower
+//! are forwarded to the leader over the peer port; while no leader is known
+//! (an election) they wait for one, up to `write_timeout_ms`. Reads are
+//! served from this node's applied state, optionally after waiting for a
+//! `min_revision` or, for linearizable reads, after a read index from the
+//! leader has been applied here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use meshreg_proto::raft::v1 as pb;
+use meshreg_proto::raft::v1::raft_peer_client::RaftPeerClient;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::ServerState;
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 use crate::command::{Command, CommandResponse};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::metrics::{CommandLabels, CommandOnly, Metrics};
-use crate::network::SingleNodeNetwork;
+use crate::metrics::{CommandLabels, CommandOnly, Forwarded, Metrics};
+use crate::network::{
+    decode_reply, encode_request, peer_client, status_error, Faults, GrpcNetwork, PeerError,
+};
 use crate::sessions::LeaseTable;
 use crate::store::{self, MemberNode, NodeId, Raft, Shared};
 
@@ -24,7 +36,9 @@ use crate::store::{self, MemberNode, NodeId, Raft, Shared};
 pub struct ReadOptions {
     /// Wait until this node has applied at least this revision.
     pub min_revision: u64,
-    /// Confirm leadership with a quorum first (openraft `ensure_linearizable`).
+    /// Linearizable: on the leader, confirm leadership with a quorum
+    /// (openraft `ensure_linearizable`); on a follower, get a read index
+    /// from the leader and wait until it is applied here.
     pub linearizable: bool,
 }
 
@@ -32,6 +46,7 @@ pub struct ReadOptions {
 pub struct Node {
     /// This node's Raft id.
     pub id: NodeId,
+    me: MemberNode,
     raft: Raft,
     shared: Arc<Shared>,
     leases: Mutex<LeaseTable>,
@@ -39,6 +54,9 @@ pub struct Node {
     pub metrics: Metrics,
     config: Arc<Config>,
     shutdown_tx: watch::Sender<bool>,
+    faults: Arc<Faults>,
+    peers: Mutex<HashMap<NodeId, (String, RaftPeerClient<Channel>)>>,
+    needs_join: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -50,22 +68,39 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn map_leader_error(leader_id: Option<NodeId>, leader_node: Option<MemberNode>) -> Error {
+fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&MemberNode>) -> Error {
     Error::NotLeader {
         leader_id,
-        leader_addr: leader_node.as_ref().map(|n| n.grpc_addr.clone()),
-        leader_http_addr: leader_node.map(|n| n.http_addr),
+        leader_addr: leader_node.map(|n| n.grpc_addr.clone()),
+        leader_http_addr: leader_node.map(|n| n.http_addr.clone()),
+    }
+}
+
+/// Human name of a Raft server state.
+pub fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "LEADER",
+        ServerState::Follower => "FOLLOWER",
+        ServerState::Candidate => "CANDIDATE",
+        ServerState::Learner => "LEARNER",
+        ServerState::Shutdown => "SHUTDOWN",
     }
 }
 
 impl Node {
-    /// Opens the data directory, starts Raft, initializes a single-node
-    /// cluster on first start, and starts the session lessor.
+    /// Opens the data directory and starts Raft. On first start without
+    /// `join` addresses it initializes a single-node cluster (the seed);
+    /// with them, [`Node::join_cluster`] must be run once the peer server
+    /// listens. Starts the session lessor.
     ///
     /// # Errors
     /// When the data directory cannot be opened (another meshreg may hold
-    /// it) or Raft cannot start.
-    pub async fn start(config: Arc<Config>, me: MemberNode) -> anyhow::Result<Arc<Node>> {
+    /// it), it belongs to another node id, or Raft cannot start.
+    pub async fn start(
+        config: Arc<Config>,
+        me: MemberNode,
+        faults: Arc<Faults>,
+    ) -> anyhow::Result<Arc<Node>> {
         let dir = config.data_dir.join("sled");
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
@@ -81,22 +116,21 @@ impl Node {
         let (log_store, sm) = store::open(db, config.watch.feed_capacity)?;
         let shared = sm.shared();
         let raft_config = Arc::new(config.openraft()?);
-        let raft = Raft::new(
-            config.node_id,
-            raft_config,
-            SingleNodeNetwork,
-            log_store,
-            sm,
-        )
-        .await?;
+        let network = GrpcNetwork::new(config.node_id, faults.clone());
+        let raft = Raft::new(config.node_id, raft_config, network, log_store, sm).await?;
+        let mut needs_join = false;
         if !raft.is_initialized().await? {
-            let mut members = BTreeMap::new();
-            members.insert(config.node_id, me);
-            raft.initialize(members).await?;
-            tracing::info!(
-                node_id = config.node_id,
-                "initialized a new single-node cluster"
-            );
+            if config.join.is_empty() {
+                let mut members = BTreeMap::new();
+                members.insert(config.node_id, me.clone());
+                raft.initialize(members).await?;
+                tracing::info!(
+                    node_id = config.node_id,
+                    "initialized a new cluster with this node as its seed"
+                );
+            } else {
+                needs_join = true;
+            }
         } else {
             let m = raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();
@@ -114,6 +148,7 @@ impl Node {
         let (shutdown_tx, _) = watch::channel(false);
         let node = Arc::new(Node {
             id: config.node_id,
+            me,
             raft,
             shared,
             leases: Mutex::new(LeaseTable::new(Duration::from_millis(
@@ -122,6 +157,9 @@ impl Node {
             metrics: Metrics::new(),
             config,
             shutdown_tx,
+            faults,
+            peers: Mutex::new(HashMap::new()),
+            needs_join,
         });
         tokio::spawn(lessor_loop(node.clone()));
         Ok(node)
@@ -142,21 +180,165 @@ impl Node {
         &self.raft
     }
 
+    /// Fault injection switches of this node.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// This node's addresses.
+    pub fn member(&self) -> &MemberNode {
+        &self.me
+    }
+
     /// A receiver that turns `true` when the node shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown_tx.subscribe()
     }
 
-    /// Proposes a command and waits until it is applied.
+    fn raft_metrics(&self) -> RaftMetrics<NodeId, MemberNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, MemberNode)> {
+        let m = self.raft_metrics();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    fn leader_term(&self) -> Option<u64> {
+        let m = self.raft_metrics();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id))
+            .then_some(m.current_term)
+    }
+
+    /// Waits until some leader is known, up to `timeout`.
+    async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, MemberNode)> {
+        if let Some(l) = self.leader() {
+            return Some(l);
+        }
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        self.leader()
+    }
+
+    fn peer(&self, id: NodeId, node: &MemberNode) -> Result<RaftPeerClient<Channel>> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, c)) = peers.get(&id) {
+            if *addr == node.raft_addr {
+                return Ok(c.clone());
+            }
+        }
+        let c = peer_client(&node.raft_addr).map_err(Error::Unavailable)?;
+        peers.insert(id, (node.raft_addr.clone(), c.clone()));
+        Ok(c)
+    }
+
+    /// Sends a request to the leader over the peer port.
+    async fn forward<Req, Resp, F, Fut>(
+        &self,
+        kind: &'static str,
+        (leader, node): (NodeId, MemberNode),
+        req: &Req,
+        timeout: Duration,
+        call: F,
+    ) -> Result<Resp>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, tonic::Request<pb::PeerRequest>) -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<tonic::Response<pb::PeerReply>, tonic::Status>,
+        >,
+    {
+        let unreachable = |why: String| {
+            Error::Unavailable(format!(
+                "cannot reach the leader (node {leader} at {}): {why}",
+                node.raft_addr
+            ))
+        };
+        if self.faults.is_blocked(leader) {
+            return Err(unreachable("link cut by fault injection".into()));
+        }
+        self.metrics
+            .forwarded
+            .get_or_create(&Forwarded { kind })
+            .inc();
+        let client = self.peer(leader, &node)?;
+        let mut request =
+            tonic::Request::new(encode_request(self.id, req).map_err(Error::Internal)?);
+        request.set_timeout(timeout);
+        let reply = call(client, request)
+            .await
+            .map_err(|s| match status_error::<Error>(&s) {
+                PeerError::Unreachable(m) | PeerError::Network(m) => unreachable(m),
+                PeerError::Remote(e) => e,
+            })?;
+        match decode_reply::<Resp, Error>(&reply.into_inner()) {
+            Ok(v) => Ok(v),
+            Err(PeerError::Remote(e)) => Err(e),
+            Err(PeerError::Unreachable(m) | PeerError::Network(m)) => Err(unreachable(m)),
+        }
+    }
+
+    /// Proposes a command and waits until it is applied, forwarding it to
+    /// the leader when this node does not lead.
     ///
     /// # Errors
-    /// The state machine's rejection, [`Error::NotLeader`] with a hint, or
-    /// [`Error::Unavailable`] when the write cannot commit in time.
+    /// The state machine's rejection; [`Error::Unavailable`] when no leader
+    /// can be reached or the write does not commit in time.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse> {
         let name = cmd.name();
         let started = Instant::now();
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        let res = match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
+        let res = self.write_routed(cmd, started + timeout).await;
+        self.record_write(name, started, &res);
+        res
+    }
+
+    async fn write_routed(&self, cmd: Command, deadline: Instant) -> Result<CommandResponse> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.write_local(cmd.clone()).await {
+                Err(Error::NotLeader {
+                    leader_id: Some(l), ..
+                }) if l != self.id => {
+                    let Some(leader) = self.leader().filter(|(id, _)| *id == l) else {
+                        continue;
+                    };
+                    return self
+                        .forward("write", leader, &cmd, remaining, |mut c, r| async move {
+                            c.forward(r).await
+                        })
+                        .await;
+                }
+                Err(Error::NotLeader {
+                    leader_id: None, ..
+                }) => {
+                    if remaining.is_zero() || self.wait_for_leader(remaining).await.is_none() {
+                        return Err(Error::Unavailable(format!(
+                            "no Raft leader elected within {} ms; is a quorum of nodes up?",
+                            self.config.write_timeout_ms
+                        )));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Proposes a command on this node only: [`Error::NotLeader`] when it
+    /// does not lead. The target of forwarded writes.
+    ///
+    /// # Errors
+    /// As [`Node::write`], without forwarding.
+    pub async fn write_local(&self, cmd: Command) -> Result<CommandResponse> {
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
             Err(_) => Err(Error::Unavailable(format!(
                 "the write was not committed within {} ms; the cluster may have lost its quorum",
                 timeout.as_millis()
@@ -166,7 +348,7 @@ impl Node {
                 other => Ok(other),
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(map_leader_error(f.leader_id, f.leader_node))
+                Err(not_leader(f.leader_id, f.leader_node.as_ref()))
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(Error::Internal(format!("unexpected membership error: {e}")))
@@ -174,12 +356,16 @@ impl Node {
             Ok(Err(RaftError::Fatal(f))) => {
                 Err(Error::Unavailable(format!("raft has stopped: {f}")))
             }
-        };
-        let result = match &res {
+        }
+    }
+
+    fn record_write(&self, name: &'static str, started: Instant, res: &Result<CommandResponse>) {
+        let result = match res {
             Ok(_) => "ok",
             Err(
                 Error::NotLeader { .. }
                 | Error::Unavailable(_)
+                | Error::DeadlineExceeded(_)
                 | Error::Internal(_)
                 | Error::Storage(_),
             ) => "error",
@@ -196,34 +382,43 @@ impl Node {
             .write_seconds
             .get_or_create(&CommandOnly { command: name })
             .observe(started.elapsed().as_secs_f64());
-        res
     }
 
     /// Waits until a read with `opts` may be served from the local state.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when this node does not reach `min_revision`
-    /// in time; [`Error::NotLeader`] when a linearizable read cannot
-    /// confirm leadership.
+    /// or the read index in time, or no leader confirms the read.
     pub async fn read_barrier(&self, opts: ReadOptions) -> Result<()> {
+        let wait = Duration::from_millis(self.config.min_revision_wait_ms);
         if opts.linearizable {
-            match self.raft.ensure_linearizable().await {
-                Ok(_) => {}
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    return Err(map_leader_error(f.leader_id, f.leader_node));
+            let index = match self.read_index_local().await {
+                Err(Error::NotLeader { .. }) => {
+                    let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
+                        Error::Unavailable(
+                            "no Raft leader is known; a linearizable read needs one".into(),
+                        )
+                    })?;
+                    self.forward("read_index", leader, &(), wait, |mut c, r| async move {
+                        c.read_index(r).await
+                    })
+                    .await?
                 }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                    return Err(Error::Unavailable(format!(
-                        "cannot confirm leadership: {q}"
-                    )));
-                }
-                Err(RaftError::Fatal(f)) => {
-                    return Err(Error::Unavailable(format!("raft has stopped: {f}")))
-                }
+                other => other?,
+            };
+            let reached = self
+                .raft
+                .wait(Some(wait))
+                .applied_index_at_least(Some(index), "read index applied")
+                .await;
+            if reached.is_err() {
+                return Err(Error::Unavailable(format!(
+                    "this node did not apply the read index {index} within {} ms",
+                    wait.as_millis()
+                )));
             }
         }
         if opts.min_revision > self.shared.revision() {
-            let wait = Duration::from_millis(self.config.min_revision_wait_ms);
             let mut rx = self.shared.subscribe();
             let want = opts.min_revision;
             let reached = tokio::time::timeout(wait, rx.wait_for(|r| *r >= want)).await;
@@ -236,6 +431,24 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the log
+    /// index a linearizable read must wait for.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] on a follower; [`Error::Unavailable`] without a quorum.
+    pub async fn read_index_local(&self) -> Result<u64> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(not_leader(f.leader_id, f.leader_node.as_ref()))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(
+                Error::Unavailable(format!("cannot confirm leadership: {q}")),
+            ),
+            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft has stopped: {f}"))),
+        }
     }
 
     /// Waits until the namespace's last-change revision exceeds `index`, or
@@ -254,19 +467,45 @@ impl Node {
         }
     }
 
-    fn leader_term(&self) -> Option<u64> {
-        let m = self.raft.metrics().borrow().clone();
-        (m.state == ServerState::Leader && m.current_leader == Some(self.id))
-            .then_some(m.current_term)
-    }
-
-    /// Records a keepalive for session `id` and returns its TTL in ms.
+    /// Records a keepalive for session `id` on the leader, forwarding it
+    /// when this node does not lead. Returns the session's TTL in ms.
     ///
     /// # Errors
     /// [`Error::NotFound`] (grant a new session and re-register) when the
-    /// session does not exist or has expired; [`Error::NotLeader`] when
-    /// this node does not lead.
-    pub fn keepalive(&self, id: u64) -> Result<u64> {
+    /// session does not exist or has expired; [`Error::Unavailable`] when
+    /// no leader can be reached.
+    pub async fn keepalive(&self, id: u64) -> Result<u64> {
+        match self.keepalive_local(id) {
+            Err(Error::NotLeader { .. }) => {
+                let wait = Duration::from_millis(self.config.write_timeout_ms);
+                let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
+                    Error::Unavailable("no Raft leader is known to renew the session".into())
+                })?;
+                if leader.0 == self.id {
+                    return self.keepalive_local(id);
+                }
+                self.forward("keepalive", leader, &id, wait, |mut c, r| async move {
+                    c.forward_keep_alive(r).await
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// Records a keepalive on this node, which must lead.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] on a follower; [`Error::NotFound`] for an
+    /// unknown or expired session.
+    pub fn keepalive_local(&self, id: u64) -> Result<u64> {
+        if self.leader_term().is_none() {
+            let leader = self.leader();
+            return Err(not_leader(
+                leader.as_ref().map(|l| l.0),
+                leader.as_ref().map(|l| &l.1),
+            ));
+        }
         let Some(ttl) = self.shared.read().registry.session_ttl(id) else {
             return Err(Error::NotFound {
                 kind: "session".into(),
@@ -274,13 +513,6 @@ impl Node {
                 hint: "; it expired or was revoked: grant a new session and register again".into(),
             });
         };
-        if self.leader_term().is_none() {
-            let m = self.raft.metrics().borrow().clone();
-            let leader = m
-                .current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-            return Err(map_leader_error(m.current_leader, leader));
-        }
         self.leases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -289,26 +521,249 @@ impl Node {
         Ok(ttl)
     }
 
-    /// True once a leader is known and this node has applied what it has
-    /// seen committed.
+    /// Adds a node: as a learner, then, once it has caught up, as a voter.
+    /// Forwarded to the leader from a follower. Idempotent for a node that
+    /// is already a voter at the same addresses. Returns (voters, leader).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when no leader is reachable or the change
+    /// fails; [`Error::FailedPrecondition`] when the id is taken by a node
+    /// at other addresses.
+    pub async fn add_node(&self, id: NodeId, member: MemberNode) -> Result<(Vec<u64>, u64)> {
+        if self.leader_term().is_none() {
+            let wait = Duration::from_millis(self.config.write_timeout_ms);
+            let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
+                Error::Unavailable("no Raft leader is known to add the node".into())
+            })?;
+            if leader.0 != self.id {
+                let (_, node) = &leader;
+                let req = pb::JoinRequest {
+                    node_id: id,
+                    raft_addr: member.raft_addr,
+                    grpc_addr: member.grpc_addr,
+                    http_addr: member.http_addr,
+                };
+                let mut c = self.peer(leader.0, node)?;
+                let r = c
+                    .join(req)
+                    .await
+                    .map_err(|s| {
+                        Error::Unavailable(format!(
+                            "forwarding the join to node {}: {}",
+                            leader.0,
+                            s.message()
+                        ))
+                    })?
+                    .into_inner();
+                return Ok((r.voters, r.leader_id));
+            }
+        }
+        let m = self.raft_metrics();
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        match membership.get_node(&id) {
+            Some(existing) if *existing == member && is_voter => {
+                return Ok((membership.voter_ids().collect(), self.id));
+            }
+            Some(existing) if *existing != member => {
+                return Err(Error::FailedPrecondition(format!(
+                    "node id {id} already belongs to a member at {existing}; remove it first or use another id"
+                )));
+            }
+            _ => {}
+        }
+        let change_err = |e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                not_leader(f.leader_id, f.leader_node.as_ref())
+            }
+            other => Error::Unavailable(format!("membership change failed: {other}")),
+        };
+        tracing::info!(node_id = id, %member, "adding node as a learner");
+        self.raft
+            .add_learner(id, member, true)
+            .await
+            .map_err(change_err)?;
+        tracing::info!(node_id = id, "learner caught up; promoting to voter");
+        let resp = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(change_err)?;
+        let voters = resp
+            .membership
+            .as_ref()
+            .map(|m| m.voter_ids().collect())
+            .unwrap_or_default();
+        Ok((voters, self.id))
+    }
+
+    /// Removes a node from the voters and the cluster (leader only).
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] with a hint on a follower; [`Error::NotFound`]
+    /// for an unknown id; [`Error::FailedPrecondition`] for the last voter.
+    pub async fn remove_node(&self, id: NodeId) -> Result<Vec<u64>> {
+        let m = self.raft_metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Error::not_found("node", id.to_string()));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.len() == 1 && voters.contains(&id) {
+            return Err(Error::FailedPrecondition(
+                "cannot remove the last voter".into(),
+            ));
+        }
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let resp = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    not_leader(f.leader_id, f.leader_node.as_ref())
+                }
+                other => Error::Unavailable(format!("membership change failed: {other}")),
+            })?;
+        Ok(resp
+            .membership
+            .as_ref()
+            .map(|m| m.voter_ids().collect())
+            .unwrap_or_default())
+    }
+
+    /// Asks the members in `seeds` (Raft addresses) to add this node,
+    /// retrying with capped exponential backoff and jitter until one does
+    /// or the node shuts down. Only for a node started with `join`.
+    pub async fn join_cluster(self: Arc<Self>) {
+        if !self.needs_join {
+            return;
+        }
+        let seeds = self.config.join.clone();
+        let mut backoff = Duration::from_millis(200);
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            for seed in &seeds {
+                let req = pb::JoinRequest {
+                    node_id: self.id,
+                    raft_addr: self.me.raft_addr.clone(),
+                    grpc_addr: self.me.grpc_addr.clone(),
+                    http_addr: self.me.http_addr.clone(),
+                };
+                let res = match peer_client(seed) {
+                    Ok(mut c) => c
+                        .join(req)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| s.to_string()),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(r) => {
+                        tracing::info!(seed, voters = ?r.voters, leader = r.leader_id, "joined the cluster");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(seed, error = %e, "join attempt failed; will retry"),
+                }
+            }
+            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// True once a leader is known and this node is a member of its cluster.
     pub fn is_ready(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader.is_some() && m.running_state.is_ok()
+        let m = self.raft_metrics();
+        m.current_leader.is_some()
+            && m.running_state.is_ok()
+            && m.membership_config
+                .membership()
+                .get_node(&self.id)
+                .is_some()
+    }
+
+    /// Cluster status as this node sees it (`meshreg ctl cluster status`).
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft_metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let members: Vec<MemberStatus> = membership
+            .nodes()
+            .map(|(id, n)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map_or(0, |l| l.index);
+                MemberStatus {
+                    id: *id,
+                    node: n.clone(),
+                    voter: voters.contains(id),
+                    matched_index: if *id == self.id { last } else { matched },
+                    lag: if m.replication.is_some() {
+                        last.saturating_sub(if *id == self.id { last } else { matched })
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+        // openraft 0.9 does not export the commit index: on the leader it is
+        // the highest index a quorum of voters has matched; elsewhere the
+        // applied index is the best lower bound this node knows.
+        let committed = if m.replication.is_some() {
+            let mut matched: Vec<u64> = members
+                .iter()
+                .filter(|s: &&MemberStatus| s.voter)
+                .map(|s| s.matched_index)
+                .collect();
+            matched.sort_unstable_by(|a, b| b.cmp(a));
+            matched.get(matched.len() / 2).copied().unwrap_or(0)
+        } else {
+            m.last_applied.map_or(0, |l| l.index)
+        };
+        ClusterStatus {
+            id: self.id,
+            state: state_name(m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: last,
+            committed,
+            applied: m.last_applied.map_or(0, |l| l.index),
+            snapshot: m.snapshot.map_or(0, |l| l.index),
+            revision: self.shared.revision(),
+            members,
+        }
     }
 
     /// Refreshes the state gauges and encodes all metrics.
     pub fn render_metrics(&self) -> String {
-        let m = self.raft.metrics().borrow().clone();
+        let st = self.status();
         let me = &self.metrics;
-        me.raft_term.set(m.current_term);
-        me.raft_leader.set(m.current_leader.unwrap_or(0));
-        me.raft_is_leader
-            .set(u64::from(m.current_leader == Some(self.id)));
-        me.raft_last_log_index.set(m.last_log_index.unwrap_or(0));
-        me.raft_applied_index
-            .set(m.last_applied.map_or(0, |l| l.index));
-        me.raft_snapshot_index
-            .set(m.snapshot.map_or(0, |l| l.index));
+        me.raft_term.set(st.term);
+        me.raft_leader.set(st.leader.unwrap_or(0));
+        me.raft_is_leader.set(u64::from(st.leader == Some(self.id)));
+        me.raft_last_log_index.set(st.last_log_index);
+        me.raft_applied_index.set(st.applied);
+        me.raft_snapshot_index.set(st.snapshot);
+        for m in &st.members {
+            if m.id != self.id && st.leader == Some(self.id) {
+                me.replication_lag
+                    .get_or_create(&crate::metrics::Follower { follower: m.id })
+                    .set(m.lag);
+            }
+        }
+        me.snapshots_built.set(self.shared.snapshots_built());
+        me.last_snapshot_ms.set(self.shared.last_snapshot_ms());
         {
             let s = self.shared.read();
             me.revision.set(s.registry.revision());
@@ -319,8 +774,8 @@ impl Node {
         me.encode()
     }
 
-    /// Ends watch streams, blocking queries and the lessor, so the API
-    /// servers can drain.
+    /// Ends watch streams, blocking queries, the lessor and join attempts,
+    /// so the API servers can drain.
     pub fn begin_shutdown(&self) {
         self.shutdown_tx.send_replace(true);
     }
@@ -332,6 +787,46 @@ impl Node {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+/// One member in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// Its addresses.
+    pub node: MemberNode,
+    /// Voter (true) or learner.
+    pub voter: bool,
+    /// On the leader: last log index replicated to it.
+    pub matched_index: u64,
+    /// On the leader: entries it is behind.
+    pub lag: u64,
+}
+
+/// A node's view of its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node.
+    pub id: NodeId,
+    /// LEADER, FOLLOWER, ...
+    pub state: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// Leader id, when known.
+    pub leader: Option<NodeId>,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Committed index as far as applied here.
+    pub committed: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Last index in a snapshot.
+    pub snapshot: u64,
+    /// Applied registry revision.
+    pub revision: u64,
+    /// Members.
+    pub members: Vec<MemberStatus>,
 }
 
 /// On the leader, revokes expired sessions in one batched entry per check.
@@ -362,7 +857,10 @@ async fn lessor_loop(node: Arc<Node>) {
             continue;
         }
         let n = expired.len();
-        match node.write(Command::RevokeSessions { ids: expired }).await {
+        match node
+            .write_local(Command::RevokeSessions { ids: expired })
+            .await
+        {
             Ok(resp) => {
                 node.metrics.sessions_expired.inc_by(n as u64);
                 tracing::info!(sessions = n, ?resp, "revoked expired sessions");

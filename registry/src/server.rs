@@ -25,6 +25,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// gRPC API listener.
     pub grpc: TcpListener,
+    /// Raft peer listener.
+    pub raft: TcpListener,
 }
 
 impl Listeners {
@@ -39,7 +41,10 @@ impl Listeners {
         let grpc = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on grpc_addr {}: {e}", config.grpc_addr))?;
-        Ok(Self { http, grpc })
+        let raft = TcpListener::bind(config.raft_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on raft_addr {}: {e}", config.raft_addr))?;
+        Ok(Self { http, grpc, raft })
     }
 }
 
@@ -55,19 +60,31 @@ pub async fn run(
     on_ready: impl FnOnce(&Arc<Node>),
 ) -> anyhow::Result<()> {
     let me = crate::store::MemberNode {
-        raft_addr: config.raft_addr.to_string(),
+        raft_addr: listeners.raft.local_addr()?.to_string(),
         grpc_addr: listeners.grpc.local_addr()?.to_string(),
         http_addr: listeners.http.local_addr()?.to_string(),
     };
-    let node = Node::start(config, me).await?;
+    let node = Node::start(config, me, Arc::new(crate::network::Faults::default())).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Peer traffic keeps flowing until Raft itself has stopped.
+    let (raft_stop_tx, raft_stop_rx) = watch::channel(false);
+    let peer = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(crate::peer::PeerService::server(node.clone()))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.raft),
+            stopped(raft_stop_rx),
+        );
+    let peer_task = tokio::spawn(peer);
+    tokio::spawn(node.clone().join_cluster());
 
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(api::grpc::RegistryService::server(node.clone()))
+        .add_service(api::cluster::ClusterService::server(node.clone()))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
@@ -102,6 +119,10 @@ pub async fn run(
         ),
     }
     node.shutdown().await;
+    raft_stop_tx.send_replace(true);
+    if let Ok(Err(e)) = peer_task.await {
+        tracing::warn!(error = %e, "Raft peer server ended with an error");
+    }
     tracing::info!("stopped");
     Ok(())
 }

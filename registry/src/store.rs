@@ -313,6 +313,8 @@ pub struct SmState {
 pub struct Shared {
     state: RwLock<SmState>,
     revision_tx: watch::Sender<u64>,
+    snapshots_built: std::sync::atomic::AtomicU64,
+    last_snapshot_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -335,6 +337,18 @@ impl Shared {
     /// The applied registry revision.
     pub fn revision(&self) -> u64 {
         *self.revision_tx.borrow()
+    }
+
+    /// Snapshots built since start.
+    pub fn snapshots_built(&self) -> u64 {
+        self.snapshots_built
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Duration of the last snapshot build, ms.
+    pub fn last_snapshot_ms(&self) -> u64 {
+        self.last_snapshot_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -380,6 +394,8 @@ impl StateMachineStore {
             shared: Arc::new(Shared {
                 state: RwLock::new(state),
                 revision_tx,
+                snapshots_built: Default::default(),
+                last_snapshot_ms: Default::default(),
             }),
             db,
             snapshots,
@@ -416,6 +432,7 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         // Capture under the read lock (cheap: instances are shared Arcs),
         // encode outside it so applies are not blocked.
         let (snap, last_applied, membership) = {
@@ -444,6 +461,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             snapshot_id,
         };
         self.save_snapshot(&meta, data.clone()).await?;
+        self.shared
+            .snapshots_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.last_snapshot_ms.store(
+            started.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

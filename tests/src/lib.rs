@@ -4,6 +4,16 @@
 //!
 //! The binary is `$MESHREG_BIN`, or `target/<profile>/meshreg` next to the
 //! running test executable (built by `cargo test --workspace`).
+//!
+//! # Layout
+//!
+//! - [`linearizability`]: a history recorder and a per-key linearizability
+//!   checker (Wing & Gong with Lowe's memoization) for fault tests.
+//! - [`cluster`]: 3- and 5-node clusters of real processes on fixed loopback
+//!   ports, with kill -9, restart and fault injection.
+
+pub mod cluster;
+pub mod linearizability;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -41,6 +51,10 @@ pub struct Server {
     pub http: String,
     /// gRPC endpoint URL.
     pub grpc: String,
+    /// Raft peer address (`host:port`).
+    pub raft: String,
+    /// Raft node id.
+    pub node_id: u64,
     /// Data directory.
     pub data_dir: PathBuf,
 }
@@ -49,7 +63,13 @@ impl Server {
     /// Starts a server on port 0 over `data_dir` (created if missing) with
     /// extra flags, and waits until it prints its listening line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Self::start_at(data_dir, [0, 0, 0], extra)
+    }
+
+    /// Like [`Server::start`], on the given (HTTP, gRPC, Raft) ports.
+    pub fn start_at(data_dir: &Path, ports: [u16; 3], extra: &[&str]) -> anyhow::Result<Server> {
         std::fs::create_dir_all(data_dir)?;
+        let addr = |p: u16| format!("127.0.0.1:{p}");
         let log = File::options()
             .create(true)
             .append(true)
@@ -58,7 +78,13 @@ impl Server {
             .arg("server")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args([
+                "--http-addr",
+                &addr(ports[0]),
+                "--grpc-addr",
+                &addr(ports[1]),
+            ])
+            .args(["--raft-addr", &addr(ports[2])])
             .args(extra)
             .env("MESHREG_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -86,10 +112,14 @@ impl Server {
         let v: Value = serde_json::from_str(&line)?;
         let http = format!("http://{}", v["http"].as_str().unwrap_or_default());
         let grpc = format!("http://{}", v["grpc"].as_str().unwrap_or_default());
+        let raft = v["raft"].as_str().unwrap_or_default().to_string();
+        let node_id = v["node_id"].as_u64().unwrap_or_default();
         let s = Server {
             child,
             http,
             grpc,
+            raft,
+            node_id,
             data_dir: data_dir.to_path_buf(),
         };
         s.wait_ready()?;
@@ -116,6 +146,18 @@ impl Server {
         RegistryClient::connect(self.grpc.clone())
             .await
             .expect("connect gRPC")
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGSTOP or SIGCONT (a stalled process, e.g. a long GC pause).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
     }
 
     /// `kill -9`: no shutdown, no flush.
@@ -151,6 +193,16 @@ impl Server {
         Reply::from(
             http_agent()
                 .post(format!("{}{path}", self.http))
+                .header("content-type", "application/json")
+                .send(body),
+        )
+    }
+
+    /// PUT a JSON body to `path`.
+    pub fn put_json(&self, path: &str, body: &str) -> Reply {
+        Reply::from(
+            http_agent()
+                .put(format!("{}{path}", self.http))
                 .header("content-type", "application/json")
                 .send(body),
         )

@@ -128,12 +128,14 @@ impl Registry for RegistryService {
         tokio::spawn(async move {
             while let Some(msg) = incoming.next().await {
                 let reply = match msg {
-                    Ok(m) => node
-                        .keepalive(m.session_id)
-                        .map(|ttl_ms| pb::KeepAliveResponse {
-                            session_id: m.session_id,
-                            ttl_ms,
-                        }),
+                    Ok(m) => {
+                        node.keepalive(m.session_id)
+                            .await
+                            .map(|ttl_ms| pb::KeepAliveResponse {
+                                session_id: m.session_id,
+                                ttl_ms,
+                            })
+                    }
                     Err(status) => {
                         tracing::debug!(%status, "keepalive stream ended by client");
                         return;

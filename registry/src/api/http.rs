@@ -264,6 +264,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/namespaces/{ns}/services/{service}", get(resolve))
         .route("/v1/namespaces/{ns}/watch", get(watch))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/debug/faults", get(get_faults).put(put_faults))
         .route("/v1/sessions", post(grant_session))
         .route("/v1/sessions/{id}", axum::routing::delete(revoke_session))
         .route("/v1/sessions/{id}/keepalive", put(keepalive))
@@ -512,6 +514,57 @@ async fn watch(
         .into_response())
 }
 
+/// `GET /v1/cluster`: this node's view of the cluster.
+async fn cluster_status(State(node): S) -> ApiResult<Response> {
+    let s = node.status();
+    let members: Vec<serde_json::Value> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({"node_id": m.id, "raft_addr": m.node.raft_addr, "grpc_addr": m.node.grpc_addr,
+                   "http_addr": m.node.http_addr, "voter": m.voter, "matched_index": m.matched_index, "lag": m.lag})
+        })
+        .collect();
+    Ok(Json(json!({
+        "node_id": s.id, "state": s.state, "term": s.term, "leader_id": s.leader,
+        "last_log_index": s.last_log_index, "applied_index": s.applied, "snapshot_index": s.snapshot,
+        "revision": s.revision, "members": members,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsBody {
+    /// Node ids whose Raft links to and from this node are cut.
+    blocked_peers: std::collections::BTreeSet<u64>,
+}
+
+fn faults_enabled(node: &Node) -> Result<(), Error> {
+    if node.config().enable_fault_injection {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(
+            "fault injection is disabled; start the server with --enable-fault-injection (tests only)".into(),
+        ))
+    }
+}
+
+/// `GET /debug/faults`: the blocked peers (fault injection).
+async fn get_faults(State(node): S) -> ApiResult<Response> {
+    faults_enabled(&node)?;
+    Ok(Json(json!({"blocked_peers": node.faults().blocked()})).into_response())
+}
+
+/// `PUT /debug/faults`: cut the Raft links to and from the listed peers.
+async fn put_faults(State(node): S, body: Bytes) -> ApiResult<Response> {
+    faults_enabled(&node)?;
+    let b: FaultsBody = parse_json(&body)?;
+    tracing::warn!(blocked = ?b.blocked_peers, "fault injection: Raft links cut");
+    node.faults().set_blocked(b.blocked_peers.clone());
+    Ok(Json(json!({"blocked_peers": b.blocked_peers})).into_response())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GrantBody {
@@ -539,7 +592,7 @@ fn session_id(raw: &str) -> Result<u64, Error> {
 
 async fn keepalive(State(node): S, Path(id): Path<String>) -> ApiResult<Response> {
     let id = session_id(&id)?;
-    let ttl_ms = node.keepalive(id)?;
+    let ttl_ms = node.keepalive(id).await?;
     Ok(Json(json!({"session_id": id, "ttl_ms": ttl_ms})).into_response())
 }
 

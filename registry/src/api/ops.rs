@@ -116,7 +116,7 @@ pub async fn grant_session(node: &Node, ttl_ms: u64) -> Result<(u64, u64, u64)> 
             revision,
         } => {
             // Start its clock now rather than at the next lessor check.
-            let _ = node.keepalive(id);
+            let _ = node.keepalive(id).await;
             Ok((id, ttl_ms, revision))
         }
         other => Err(unexpected(&other)),

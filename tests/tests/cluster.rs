@@ -1,0 +1,430 @@
+//! Multi-process fault tests of 3-node clusters on loopback: formation and
+//! forwarding, kill -9 of the leader under load, follower catch-up by log
+//! and by snapshot, leader isolation, and sessions across a failover.
+//! Workloads are recorded and checked for linearizability.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshreg_tests::cluster::TestCluster;
+use meshreg_tests::linearizability::{check, Op, Outcome, Recorder};
+use meshreg_tests::{eventually, meshreg_bin};
+use serde_json::Value;
+
+/// Short timeouts so faults resolve quickly in tests.
+const CONFIG: &str = "write_timeout_ms = 3000\nmin_revision_wait_ms = 3000\n";
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
+fn instance_body(key: &str, value: &str) -> String {
+    format!(
+        r#"{{"app":"lin","id":"{key}","address":"10.0.0.1","ports":{{"http":80}},"metadata":{{"v":"{value}"}}}}"#
+    )
+}
+
+/// Outcome of a write: a refused connection certainly had no effect; a
+/// timeout or a 5xx (the forward may have reached the leader) might have.
+fn write_outcome(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Outcome {
+    match r {
+        Ok(resp) if resp.status() == 200 => Outcome::Ok,
+        Ok(resp) if resp.status().is_client_error() => Outcome::Failed,
+        Err(ureq::Error::ConnectionFailed) => Outcome::Failed,
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Outcome::Failed
+        }
+        _ => Outcome::Unknown,
+    }
+}
+
+/// One client op against `base` (an HTTP URL), recorded.
+fn op(rec: &Recorder, client: usize, base: &str, key: &str, kind: u32, seq: u64) {
+    let a = agent();
+    let url = format!("{base}/v1/namespaces/default/instances/lin/{key}");
+    match kind {
+        0..=4 => {
+            let value = format!("c{client}-{seq}");
+            let t = rec.begin(client, Op::put(key, &value));
+            let r = a
+                .post(format!("{base}/v1/namespaces/default/instances"))
+                .header("content-type", "application/json")
+                .send(&instance_body(key, &value));
+            rec.end(t, write_outcome(r));
+        }
+        5 => {
+            let t = rec.begin(client, Op::delete(key));
+            rec.end(t, write_outcome(a.delete(&url).call()));
+        }
+        _ => {
+            let t = rec.begin(client, Op::get(key));
+            let outcome = match a.get(format!("{url}?linearizable=true")).call() {
+                Ok(mut resp) if resp.status() == 200 => {
+                    let v: Value =
+                        serde_json::from_str(&resp.body_mut().read_to_string().unwrap_or_default())
+                            .unwrap_or_default();
+                    Outcome::Read(v["instance"]["metadata"]["v"].as_str().map(String::from))
+                }
+                Ok(resp) if resp.status() == 404 => Outcome::Read(None),
+                _ => Outcome::Failed,
+            };
+            rec.end(t, outcome);
+        }
+    }
+}
+
+/// Runs `clients` threads of random puts, deletes and linearizable gets on
+/// `keys` keys against random nodes until `stop` is set.
+fn workload(
+    rec: &Recorder,
+    urls: Vec<String>,
+    clients: usize,
+    keys: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let rec = rec.clone();
+            let urls = urls.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(c as u64 + 1);
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let base = &urls[rng.usize(..urls.len())];
+                    let key = format!("k{}", rng.usize(..keys));
+                    op(&rec, c, base, &key, rng.u32(0..10), seq);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Final linearizable reads of every key from node `base`, recorded, so a
+/// lost acknowledged write shows up in the check.
+fn final_reads(rec: &Recorder, base: &str, keys: usize) {
+    for k in 0..keys {
+        op(rec, 1000, base, &format!("k{k}"), 9, 0);
+    }
+}
+
+/// All running nodes hold the same instances once caught up.
+fn assert_converged(c: &TestCluster) {
+    let ok = eventually(Duration::from_secs(20), || {
+        let views: Vec<Value> = c
+            .live()
+            .iter()
+            .map(|id| {
+                let mut v = c.node(*id).get("/v1/namespaces/default/instances").json();
+                v.as_object_mut().map(|o| o.remove("revision"));
+                v
+            })
+            .collect();
+        views.windows(2).all(|w| w[0] == w[1])
+    });
+    assert!(ok, "nodes did not converge to the same state");
+}
+
+fn urls(c: &TestCluster) -> Vec<String> {
+    c.live().iter().map(|id| c.node(*id).http.clone()).collect()
+}
+
+#[test]
+fn three_nodes_form_a_cluster_and_any_node_takes_any_request() {
+    let c = TestCluster::start(3, CONFIG, &[]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let other = (1..=3).find(|i| *i != leader && *i != follower).unwrap();
+
+    // A write to a follower is forwarded to the leader.
+    let r = c
+        .node(follower)
+        .post("/v1/namespaces/default/instances", &instance_body("a", "1"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rev = r.json()["revision"].as_u64().unwrap();
+    // Read-your-writes on another follower with min_revision.
+    let r = c.node(other).get(&format!(
+        "/v1/namespaces/default/instances/lin/a?min_revision={rev}"
+    ));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A linearizable read on a follower (read index from the leader).
+    let r = c
+        .node(other)
+        .get("/v1/namespaces/default/instances/lin/a?linearizable=true");
+    assert_eq!(r.json()["instance"]["metadata"]["v"], "1");
+    // Sessions granted and kept alive through a follower.
+    let r = c.node(follower).post("/v1/sessions", r#"{"ttl_ms": 2000}"#);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let sid = r.json()["session_id"].as_u64().unwrap();
+    assert_eq!(
+        c.node(other)
+            .put(&format!("/v1/sessions/{sid}/keepalive"))
+            .status,
+        200
+    );
+    assert!(c
+        .node(follower)
+        .get("/metrics")
+        .text
+        .contains("meshreg_forwarded_total{kind=\"write\"}"));
+
+    // ctl cluster status shows three voters and the leader.
+    let out = std::process::Command::new(meshreg_bin())
+        .args([
+            "ctl",
+            "--addr",
+            &c.node(follower).grpc,
+            "-o",
+            "json",
+            "cluster",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["leader_id"], leader);
+    assert_eq!(
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .count(),
+        3
+    );
+    assert_converged(&c);
+}
+
+#[test]
+fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut c = TestCluster::start(3, CONFIG, &[]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let rec = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let keys = 20;
+    let threads = workload(&rec, urls(&c), 4, keys, stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let killed_at = Instant::now();
+    c.kill9(leader);
+    let new_leader = c
+        .wait_leader(Duration::from_secs(15), Some(leader))
+        .expect("a new leader");
+    eprintln!("new leader {new_leader} after {:?}", killed_at.elapsed());
+    // Writes resume through the survivors.
+    let ok = eventually(Duration::from_secs(10), || {
+        c.node(new_leader)
+            .post(
+                "/v1/namespaces/default/instances",
+                &instance_body("after", "x"),
+            )
+            .status
+            == 200
+    });
+    assert!(ok, "writes did not resume after the failover");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    final_reads(&rec, &c.node(new_leader).http, keys);
+    let history = rec.history();
+    let acked = history
+        .iter()
+        .filter(|e| matches!(e.outcome, Outcome::Ok))
+        .count();
+    assert!(
+        acked > 20,
+        "the workload made progress ({acked} acknowledged writes)"
+    );
+    check(&history).unwrap_or_else(|v| panic!("{v}"));
+    assert_converged(&c);
+
+    // The killed node comes back and catches up.
+    c.restart(leader).unwrap();
+    assert_converged(&c);
+}
+
+#[test]
+fn a_follower_that_missed_writes_catches_up_by_log_and_by_snapshot() {
+    let config =
+        format!("{CONFIG}[raft]\nsnapshot_logs_since_last = 40\nlogs_kept_after_snapshot = 5\n");
+    let mut c = TestCluster::start(3, &config, &[]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let write = |c: &TestCluster, n: usize, tag: &str| {
+        for i in 0..n {
+            let r = c.node(leader).post(
+                "/v1/namespaces/default/instances",
+                &instance_body(&format!("{tag}{i}"), tag),
+            );
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    };
+    // Log path: fewer writes than the snapshot threshold while it is down.
+    assert!(c.stop(follower));
+    write(&c, 10, "log");
+    c.restart(follower).unwrap();
+    assert_converged(&c);
+    // Snapshot path: enough writes that the log it needs is purged.
+    assert!(c.stop(follower));
+    write(&c, 150, "snap");
+    let st = c.status(leader).unwrap();
+    assert!(
+        st["snapshot_index"].as_u64().unwrap() > 100,
+        "the leader compacted its log: {st}"
+    );
+    c.restart(follower).unwrap();
+    assert_converged(&c);
+    let n = c
+        .node(follower)
+        .get("/v1/namespaces/default/instances?app=lin")
+        .json()["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, 160);
+}
+
+#[test]
+fn an_isolated_leader_stops_taking_writes_and_the_majority_continues() {
+    let c = TestCluster::start(3, CONFIG, &["--enable-fault-injection"]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let majority: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let rec = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let keys = 8;
+    let threads = workload(&rec, urls(&c), 3, keys, stop.clone());
+    std::thread::sleep(Duration::from_millis(800));
+
+    c.isolate(leader);
+    // The majority elects a new leader and takes writes.
+    let ok = eventually(Duration::from_secs(15), || {
+        c.node(majority[0])
+            .post(
+                "/v1/namespaces/default/instances",
+                &instance_body("maj", "1"),
+            )
+            .status
+            == 200
+    });
+    assert!(ok, "the majority did not continue");
+    // The minority side does not accept writes.
+    let r = c.node(leader).post(
+        "/v1/namespaces/default/instances",
+        &instance_body("min", "1"),
+    );
+    assert_ne!(
+        r.status, 200,
+        "the isolated node accepted a write: {}",
+        r.text
+    );
+    std::thread::sleep(Duration::from_millis(800));
+
+    c.heal();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let l = c
+        .wait_leader(Duration::from_secs(15), None)
+        .expect("a leader after healing");
+    final_reads(&rec, &c.node(l).http, keys);
+    check(&rec.history()).unwrap_or_else(|v| panic!("{v}"));
+    assert_converged(&c);
+    let r = c
+        .node(leader)
+        .get("/v1/namespaces/default/instances/lin/min?linearizable=true");
+    assert_eq!(
+        r.status, 404,
+        "the write refused by the minority never appears"
+    );
+}
+
+#[test]
+fn sessions_kept_alive_survive_a_leader_failover() {
+    let mut c = TestCluster::start(3, CONFIG, &[]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let via = (1..=3).find(|i| *i != leader).unwrap();
+    let n = c.node(via);
+    let mut sessions = Vec::new();
+    for i in 0..5 {
+        let sid = n.post("/v1/sessions", r#"{"ttl_ms": 3000}"#).json()["session_id"]
+            .as_u64()
+            .unwrap();
+        let body = format!(
+            r#"{{"app":"ka","id":"i{i}","address":"10.0.0.1","ports":{{"http":80}},"session":{sid}}}"#
+        );
+        assert_eq!(
+            n.post("/v1/namespaces/default/instances", &body).status,
+            200
+        );
+        sessions.push(sid);
+    }
+    // A client that keeps alive every 500 ms through a surviving follower,
+    // retrying through the election.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ka = {
+        let (stop, url, sessions) = (stop.clone(), n.http.clone(), sessions.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for s in &sessions {
+                    let _ = agent()
+                        .put(format!("{url}/v1/sessions/{s}/keepalive"))
+                        .send_empty();
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    c.kill9(leader);
+    c.wait_leader(Duration::from_secs(15), Some(leader))
+        .expect("a new leader");
+    // Several TTLs after the failover, every instance is still there.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let count = c
+            .node(via)
+            .get("/v1/namespaces/default/instances?app=ka")
+            .json()["instances"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(count, 5, "an instance whose client kept alive disappeared");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Once the client stops, they expire (after TTL plus the leader's grace).
+    stop.store(true, Ordering::Relaxed);
+    ka.join().unwrap();
+    let gone = eventually(Duration::from_secs(20), || {
+        c.node(via)
+            .get("/v1/namespaces/default/instances?app=ka")
+            .json()["instances"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    assert!(gone, "sessions expired after the client stopped");
+}
