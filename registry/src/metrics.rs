@@ -92,6 +92,8 @@ pub struct Metrics {
     pub raft_last_log_index: GaugeU,
     /// Last applied log index.
     pub raft_applied_index: GaugeU,
+    /// Commit index (on the leader: the index a quorum has matched; elsewhere the applied index).
+    pub raft_commit_index: GaugeU,
     /// Last log index included in a snapshot.
     pub raft_snapshot_index: GaugeU,
 }
@@ -131,6 +133,7 @@ impl Metrics {
             raft_is_leader: GaugeU::default(),
             raft_last_log_index: GaugeU::default(),
             raft_applied_index: GaugeU::default(),
+            raft_commit_index: GaugeU::default(),
             raft_snapshot_index: GaugeU::default(),
             registry: Registry::default(),
         };
@@ -204,6 +207,11 @@ impl Metrics {
             "raft_applied_index",
             "Last applied Raft log index",
             m.raft_applied_index.clone(),
+        );
+        registry.register(
+            "raft_commit_index",
+            "Commit index: on the leader the index a quorum matched, elsewhere the applied index",
+            m.raft_commit_index.clone(),
         );
         registry.register(
             "raft_snapshot_index",

@@ -754,6 +754,7 @@ impl Node {
         me.raft_is_leader.set(u64::from(st.leader == Some(self.id)));
         me.raft_last_log_index.set(st.last_log_index);
         me.raft_applied_index.set(st.applied);
+        me.raft_commit_index.set(st.committed);
         me.raft_snapshot_index.set(st.snapshot);
         for m in &st.members {
             if m.id != self.id && st.leader == Some(self.id) {

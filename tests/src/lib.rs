@@ -188,6 +188,16 @@ impl Server {
         Reply::from(http_agent().get(format!("{}{path}", self.http)).call())
     }
 
+    /// GET `path` with a 2 s timeout (for polling nodes that may be frozen).
+    pub fn get_quick(&self, path: &str) -> Reply {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        Reply::from(agent.get(format!("{}{path}", self.http)).call())
+    }
+
     /// POST JSON text to `path`.
     pub fn post(&self, path: &str, body: &str) -> Reply {
         Reply::from(

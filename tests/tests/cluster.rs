@@ -428,3 +428,61 @@ fn sessions_kept_alive_survive_a_leader_failover() {
     });
     assert!(gone, "sessions expired after the client stopped");
 }
+
+#[test]
+fn a_stalled_leader_does_not_expire_sessions_when_it_wakes_up() {
+    let c = TestCluster::start(3, CONFIG, &[]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let via = (1..=3).find(|i| *i != leader).unwrap();
+    let n = c.node(via);
+    let sid = n.post("/v1/sessions", r#"{"ttl_ms": 1500}"#).json()["session_id"]
+        .as_u64()
+        .unwrap();
+    let body = format!(
+        r#"{{"app":"ka","id":"x","address":"10.0.0.1","ports":{{"http":80}},"session":{sid}}}"#
+    );
+    assert_eq!(
+        n.post("/v1/namespaces/default/instances", &body).status,
+        200
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ka = {
+        let (stop, url) = (stop.clone(), n.http.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = agent()
+                    .put(format!("{url}/v1/sessions/{sid}/keepalive"))
+                    .send_empty();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    // Freeze the leader for well over the TTL: the others elect a new one
+    // and the keepalives go there.
+    c.node(leader).signal("-STOP");
+    c.wait_leader(Duration::from_secs(15), Some(leader))
+        .expect("a new leader");
+    std::thread::sleep(Duration::from_millis(3000));
+    // Wake it: its own deadlines for the session are long past, but it must
+    // confirm leadership before revoking, and cannot.
+    c.node(leader).signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        for id in [via, leader] {
+            let r = c.node(id).get("/v1/namespaces/default/instances?app=ka");
+            if r.status == 200 {
+                assert_eq!(
+                    r.json()["instances"].as_array().unwrap().len(),
+                    1,
+                    "node {id}: the session was revoked"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    ka.join().unwrap();
+    assert_converged(&c);
+}
