@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             // Nacos's batchRegisterInstance requires.
             let mut by_app: HashMap<usize, Vec<usize>> = HashMap::new();
             for i in &ids {
-                by_app.entry(i % apps).or_default().push(*i);
+                by_app.entry((i / 100) % apps).or_default().push(*i);
             }
             let mut lat = Vec::new();
             for (app, members) in by_app {

@@ -53,7 +53,9 @@ struct Args {
 }
 
 fn instance(i: usize, apps: usize, session: u64) -> pb::register_request::Entry {
-    let app = format!("app-{}", i % apps);
+    // Blocks of 100 consecutive instances per app, so a batch is one app
+    // (Nacos batches are per service; see nacos-load).
+    let app = format!("app-{}", (i / 100) % apps);
     pb::register_request::Entry {
         instance: Some(pb::Instance {
             namespace: "default".into(),
