@@ -12,7 +12,7 @@
 #     until it is a voter and has applied as far as the leader, and the size
 #     of its data directory. JOIN_MODES: `default` (default Raft settings:
 #     the log is not compacted at these sizes, so the node catches up from
-#     the log) and `snapshot` (snapshot every 500 entries keeping 100, so the
+#     the log) and `snapshot` (snapshot every 50 entries keeping 10, so the
 #     node must install a snapshot).
 #
 #   benches/cluster-bench.sh
@@ -221,7 +221,7 @@ if [[ " $PARTS " == *" failover "* ]]; then
 fi
 
 if [[ " $PARTS " == *" join "* ]]; then
-  printf '[raft]\nsnapshot_logs_since_last = 500\nlogs_kept_after_snapshot = 100\n' >"$tmp/snapshot.toml"
+  printf '[raft]\nsnapshot_logs_since_last = 50\nlogs_kept_after_snapshot = 10\n' >"$tmp/snapshot.toml"
   for size in $JOIN_SIZES; do
     for mode in $JOIN_MODES; do
       dir=$tmp/join-$size-$mode

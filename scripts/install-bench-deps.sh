@@ -19,4 +19,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-etcd --version | head -1
+etcd --version | sed -n 1p

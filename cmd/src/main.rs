@@ -10,6 +10,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use meshreg_registry::config::Config;
 use meshreg_registry::server::{self, Listeners};
+use meshreg_xds::config::XdsConfig;
+use meshreg_xds::server::AdsServer;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,10 +68,26 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
+    /// The registry's config and the `[xds]` section.
+    fn config(&self) -> anyhow::Result<(Config, XdsConfig)> {
+        let (mut c, xds) = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+                let mut table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?;
+                let xds: XdsConfig = match table.remove("xds") {
+                    Some(v) => v.try_into().map_err(|e| {
+                        anyhow::anyhow!("invalid [xds] section in {}: {e}", p.display())
+                    })?,
+                    None => XdsConfig::default(),
+                };
+                let c: Config = toml::Value::Table(table)
+                    .try_into()
+                    .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?;
+                (c, xds)
+            }
+            None => (Config::default(), XdsConfig::default()),
         };
         if let Some(v) = self.node_id {
             c.node_id = v;
@@ -93,7 +111,7 @@ impl ServerArgs {
             c.enable_fault_injection = true;
         }
         c.validate()?;
-        Ok(c)
+        Ok((c, xds))
     }
 }
 
@@ -129,13 +147,21 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let config = Arc::new(args.config()?);
+    let (config, xds_config) = args.config()?;
+    let config = Arc::new(config);
     let listeners = Listeners::bind(&config).await?;
     let http = listeners.http.local_addr()?;
     let grpc = listeners.grpc.local_addr()?;
     let raft = listeners.raft.local_addr()?;
     let data_dir = config.data_dir.clone();
-    server::run(config.clone(), listeners, shutdown_signal(), |node| {
+    let extend = move |node: &Arc<meshreg_registry::node::Node>| {
+        let ads = AdsServer::start(node.clone(), xds_config);
+        server::Extension {
+            grpc: tonic::service::Routes::new(ads.service()),
+            http: ads.http_router(),
+        }
+    };
+    server::run_with(config.clone(), listeners, shutdown_signal(), extend, |node| {
         tracing::info!(%http, %grpc, %raft, data_dir = %data_dir.display(), node_id = node.id, "meshreg is serving");
         // One machine-readable line on stdout, for scripts and tests.
         println!(

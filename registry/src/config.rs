@@ -101,6 +101,9 @@ pub struct Config {
     pub join: Vec<String>,
     /// Allow `PUT /debug/faults` to cut Raft links (tests only).
     pub enable_fault_injection: bool,
+    /// Most concurrent HTTP/2 streams (RPCs, watches, xDS streams) one
+    /// client connection may open on the gRPC port.
+    pub max_streams_per_connection: u32,
     /// Time a write may wait for commit before failing with UNAVAILABLE, ms.
     pub write_timeout_ms: u64,
     /// Time a read with `min_revision` waits for this node to catch up, ms.
@@ -123,6 +126,7 @@ impl Default for Config {
             raft_addr: SocketAddr::from(([127, 0, 0, 1], 7072)),
             join: Vec::new(),
             enable_fault_injection: false,
+            max_streams_per_connection: 1024,
             write_timeout_ms: 10_000,
             min_revision_wait_ms: 5_000,
             raft: RaftSection::default(),

@@ -53,7 +53,7 @@ type GaugeU = Gauge<u64, AtomicU64>;
 /// Every metric of a registry node.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    registry: std::sync::Mutex<Registry>,
     /// Writes by command and result.
     pub writes: Family<CommandLabels, Counter>,
     /// Write latency, submit to applied, seconds.
@@ -135,7 +135,7 @@ impl Metrics {
             raft_applied_index: GaugeU::default(),
             raft_commit_index: GaugeU::default(),
             raft_snapshot_index: GaugeU::default(),
-            registry: Registry::default(),
+            registry: std::sync::Mutex::new(Registry::default()),
         };
         registry.register("writes", "Registry writes by command and result", writes);
         registry.register(
@@ -218,13 +218,22 @@ impl Metrics {
             "Last log index in a snapshot",
             m.raft_snapshot_index.clone(),
         );
-        Self { registry, ..m }
+        Self {
+            registry: std::sync::Mutex::new(registry),
+            ..m
+        }
+    }
+
+    /// Lets another crate (xDS, MCP) register its metrics under `meshreg_`.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Encodes every metric in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out

@@ -48,8 +48,7 @@ impl Listeners {
     }
 }
 
-/// Starts the node, serves until `shutdown` resolves, then drains.
-/// `on_ready` is called with the node once both servers accept requests.
+/// Starts the node with the registry's own services only; see [`run_with`].
 ///
 /// # Errors
 /// When the node cannot start (data directory, Raft) or a server fails.
@@ -57,6 +56,39 @@ pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Arc<Node>),
+) -> anyhow::Result<()> {
+    run_with(
+        config,
+        listeners,
+        shutdown,
+        |_| Extension::default(),
+        on_ready,
+    )
+    .await
+}
+
+/// What other crates add to a node's servers (the xDS control plane, MCP):
+/// gRPC services on the API port and HTTP routes on the HTTP port.
+#[derive(Debug, Default)]
+pub struct Extension {
+    /// Extra gRPC services, served next to the registry API.
+    pub grpc: tonic::service::Routes,
+    /// Extra HTTP routes, merged into the registry's router.
+    pub http: axum::Router,
+}
+
+/// Starts the node, serves until `shutdown` resolves, then drains.
+/// `extend` is called once with the started node and returns the extra
+/// services to serve; `on_ready` is called once the servers accept requests.
+///
+/// # Errors
+/// When the node cannot start (data directory, Raft) or a server fails.
+pub async fn run_with(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    extend: impl FnOnce(&Arc<Node>) -> Extension,
     on_ready: impl FnOnce(&Arc<Node>),
 ) -> anyhow::Result<()> {
     let me = crate::store::MemberNode {
@@ -81,16 +113,24 @@ pub async fn run(
     let peer_task = tokio::spawn(peer);
     tokio::spawn(node.clone().join_cluster());
 
+    let ext = extend(&node);
+    let routes = ext
+        .grpc
+        .add_service(api::grpc::RegistryService::server(node.clone()))
+        .add_service(api::cluster::ClusterService::server(node.clone()));
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(api::grpc::RegistryService::server(node.clone()))
-        .add_service(api::cluster::ClusterService::server(node.clone()))
+        .max_concurrent_streams(Some(node.config().max_streams_per_connection))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(listeners.http, api::http::router(node.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = axum::serve(
+        listeners.http,
+        api::http::router(node.clone()).merge(ext.http),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(async move { http.await });
     on_ready(&node);

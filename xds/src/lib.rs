@@ -1,0 +1,19 @@
+//! meshreg's xDS control plane: translates the registry view into Envoy
+//! resources and serves them over ADS, state-of-the-world and delta, to
+//! proxyless gRPC clients, Envoy-style sidecars and the SDK.
+//!
+//! It does not serve MCP (the `meshreg-mcp` crate) and has no sidecar
+//! listener model yet (the proxy's inbound/outbound listeners).
+//!
+//! Layout:
+//! - [`resources`]: resource types, names and the translation (docs/xds.md).
+//! - [`cache`]: built resources shared by all streams, invalidated per app/service.
+//! - [`protocol`]: the per-stream SotW and delta protocol, sans I/O.
+//! - [`server`]: the ADS server, debouncer, client list and metrics.
+//! - [`config`]: the `[xds]` settings.
+
+pub mod cache;
+pub mod config;
+pub mod protocol;
+pub mod resources;
+pub mod server;

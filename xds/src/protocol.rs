@@ -1,0 +1,458 @@
+//! The per-stream xDS protocol, sans I/O: what to answer to each request
+//! and to each data change, for state-of-the-world and delta ADS
+//! (envoy's `xds_protocol.rst`; gRPC A27/A28).
+//!
+//! Rules kept here:
+//! - ACK/NACK is told by `error_detail`; a NACKed version is not sent
+//!   again until the data changes.
+//! - Listener and Cluster SotW responses are complete; an empty
+//!   subscription to them is a wildcard (as is `*`).
+//! - On one stream a change goes out CDS → EDS → LDS → RDS, and EDS is
+//!   re-sent for clusters that a CDS response just updated.
+//! - Delta: `initial_resource_versions` on a new stream, `*` wildcard,
+//!   subscribe/unsubscribe, `removed_resources` for names that are gone or
+//!   do not exist, re-subscribing a name re-sends it.
+//! - A request whose `response_nonce` is not the last one sent for its type
+//!   is stale: its ACK/NACK is ignored (its subscription still counts).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3 as ds;
+
+use crate::cache::Built;
+use crate::resources::{version_of, ResourceType};
+
+/// Resources as one stream sees them (its namespace, current data).
+pub trait View {
+    /// Resource `name` of `ty`, if it exists.
+    fn get(&mut self, ty: ResourceType, name: &str) -> Option<Arc<Built>>;
+    /// Every resource name of `ty` (wildcard set).
+    fn all(&mut self, ty: ResourceType) -> Arc<Vec<String>>;
+    /// System version for delta responses (the registry revision).
+    fn system_version(&self) -> String;
+}
+
+/// A request the stream cannot serve; ends this stream only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The type URL is not one meshreg serves.
+    #[error("unsupported type_url {0:?}: meshreg serves Listener, RouteConfiguration, Cluster and ClusterLoadAssignment (envoy v3)")]
+    UnknownType(String),
+}
+
+/// What a stream's client last did with a type, for `/v1/xds/clients`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TypeStatus {
+    /// Subscribed names; `["*"]` for a wildcard.
+    pub subscribed: Vec<String>,
+    /// Last version sent.
+    pub sent_version: Option<String>,
+    /// Last version ACKed.
+    pub acked_version: Option<String>,
+    /// Last NACK: the version and the client's error message.
+    pub last_nack: Option<(String, String)>,
+    /// Responses sent for this type.
+    pub responses: u64,
+}
+
+#[derive(Debug, Default)]
+struct Sub {
+    started: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    nonce: Option<String>,
+    status: TypeStatus,
+}
+
+impl Sub {
+    fn subscribed(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.names.iter().cloned().collect();
+        if self.wildcard {
+            v.insert(0, "*".into());
+        }
+        v
+    }
+
+    fn targets(&self, ty: ResourceType, view: &mut dyn View) -> BTreeSet<String> {
+        let mut t = self.names.clone();
+        if self.wildcard {
+            t.extend(view.all(ty).iter().cloned());
+        }
+        t
+    }
+}
+
+/// Nonces unique per stream: a stream id prefix and a counter.
+#[derive(Debug)]
+struct Nonces {
+    prefix: String,
+    next: u64,
+}
+
+impl Nonces {
+    fn take(&mut self) -> String {
+        self.next += 1;
+        format!("{}-{}", self.prefix, self.next)
+    }
+}
+
+fn status_of(nacks: &mut u64, sub: &mut Sub, nonce: &str, version: &str, error: Option<&str>) {
+    if sub.nonce.as_deref() != Some(nonce) {
+        return; // stale
+    }
+    match error {
+        Some(msg) => {
+            *nacks += 1;
+            sub.status.last_nack = Some((
+                sub.status.sent_version.clone().unwrap_or_default(),
+                msg.to_string(),
+            ));
+        }
+        None => sub.status.acked_version = Some(version.to_string()),
+    }
+}
+
+// ------------------------------------------------------------------ SotW
+
+#[derive(Debug, Default)]
+struct SotwSub {
+    sub: Sub,
+    /// version_info of the last response, and the last one NACKed.
+    sent: Option<String>,
+    nacked: Option<String>,
+    /// Names and versions in the last response.
+    sent_names: BTreeMap<String, String>,
+}
+
+/// State-of-the-world ADS stream state.
+#[derive(Debug)]
+pub struct SotwStream {
+    types: BTreeMap<ResourceType, SotwSub>,
+    nonces: Nonces,
+    /// NACKs received.
+    pub nacks: u64,
+}
+
+impl SotwStream {
+    /// A new stream; `id` makes its nonces unique.
+    pub fn new(id: u64) -> Self {
+        Self {
+            types: BTreeMap::new(),
+            nonces: Nonces {
+                prefix: format!("{id:x}"),
+                next: 0,
+            },
+            nacks: 0,
+        }
+    }
+
+    /// Handles one request; returns the responses to send, in order.
+    ///
+    /// # Errors
+    /// [`ProtocolError::UnknownType`] for a type meshreg does not serve.
+    pub fn on_request(
+        &mut self,
+        req: &ds::DiscoveryRequest,
+        view: &mut dyn View,
+    ) -> Result<Vec<ds::DiscoveryResponse>, ProtocolError> {
+        let ty = ResourceType::from_url(&req.type_url)
+            .ok_or_else(|| ProtocolError::UnknownType(req.type_url.clone()))?;
+        let s = self.types.entry(ty).or_default();
+        let first = !s.sub.started;
+        s.sub.started = true;
+        if !req.response_nonce.is_empty() {
+            let error = req.error_detail.as_ref().map(|e| e.message.as_str());
+            let was_nack = error.is_some();
+            status_of(
+                &mut self.nacks,
+                &mut s.sub,
+                &req.response_nonce,
+                &req.version_info,
+                error,
+            );
+            if was_nack && s.sub.nonce.as_deref() == Some(req.response_nonce.as_str()) {
+                s.nacked = s.sent.clone();
+            }
+        }
+        let names: BTreeSet<String> = req
+            .resource_names
+            .iter()
+            .filter(|n| *n != "*")
+            .cloned()
+            .collect();
+        let wildcard = req.resource_names.iter().any(|n| n == "*")
+            || (ty.is_sotw_complete() && req.resource_names.is_empty());
+        let changed = names != s.sub.names || wildcard != s.sub.wildcard;
+        s.sub.names = names;
+        s.sub.wildcard = wildcard;
+        s.sub.status.subscribed = s.sub.subscribed();
+        // A new stream always gets an answer (also when its first request
+        // carries a nonce from another server); a subscription change gets
+        // one for the complete types so absent names are reported.
+        let force = first || (changed && ty.is_sotw_complete());
+        let mut out = Vec::new();
+        if let Some(r) = self.respond(ty, force || changed, view) {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Responses for a data change, in CDS → EDS → LDS → RDS order.
+    pub fn on_change(&mut self, view: &mut dyn View) -> Vec<ds::DiscoveryResponse> {
+        let mut out = Vec::new();
+        let mut eds_forced = false;
+        for ty in ResourceType::ALL {
+            if !self.types.get(&ty).is_some_and(|s| s.sub.started) {
+                continue;
+            }
+            let force = ty == ResourceType::Endpoint && eds_forced;
+            if let Some(r) = self.respond(ty, force, view) {
+                eds_forced |= ty == ResourceType::Cluster;
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    fn respond(
+        &mut self,
+        ty: ResourceType,
+        force: bool,
+        view: &mut dyn View,
+    ) -> Option<ds::DiscoveryResponse> {
+        let s = self.types.get_mut(&ty)?;
+        let targets = s.sub.targets(ty, view);
+        let built: Vec<Arc<Built>> = targets.iter().filter_map(|n| view.get(ty, n)).collect();
+        let mut key = Vec::new();
+        for b in &built {
+            key.extend_from_slice(b.name.as_bytes());
+            key.push(0);
+            key.extend_from_slice(b.version.as_bytes());
+            key.push(0);
+        }
+        let version = version_of(&key);
+        let unchanged = s.sent.as_deref() == Some(version.as_str());
+        let nacked = s.nacked.as_deref() == Some(version.as_str());
+        if (unchanged && !force) || nacked {
+            return None;
+        }
+        let nonce = self.nonces.take();
+        s.sent = Some(version.clone());
+        s.sub.nonce = Some(nonce.clone());
+        s.sub.status.sent_version = Some(version.clone());
+        s.sub.status.responses += 1;
+        s.sent_names = built
+            .iter()
+            .map(|b| (b.name.clone(), b.version.clone()))
+            .collect();
+        Some(ds::DiscoveryResponse {
+            version_info: version,
+            resources: built.iter().map(|b| b.any.clone()).collect(),
+            type_url: ty.url().to_string(),
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    /// Per-type status, for `/v1/xds/clients`.
+    pub fn status(&self) -> BTreeMap<&'static str, TypeStatus> {
+        self.types
+            .iter()
+            .map(|(t, s)| (t.short(), s.sub.status.clone()))
+            .collect()
+    }
+}
+
+// ----------------------------------------------------------------- delta
+
+#[derive(Debug, Default)]
+struct DeltaSub {
+    sub: Sub,
+    /// What the client has, as far as this server knows: name → version.
+    has: BTreeMap<String, String>,
+    /// Explicitly subscribed names already reported as nonexistent.
+    told_absent: BTreeSet<String>,
+}
+
+/// Delta (incremental) ADS stream state.
+#[derive(Debug)]
+pub struct DeltaStream {
+    types: BTreeMap<ResourceType, DeltaSub>,
+    nonces: Nonces,
+    /// NACKs received.
+    pub nacks: u64,
+}
+
+impl DeltaStream {
+    /// A new stream; `id` makes its nonces unique.
+    pub fn new(id: u64) -> Self {
+        Self {
+            types: BTreeMap::new(),
+            nonces: Nonces {
+                prefix: format!("{id:x}"),
+                next: 0,
+            },
+            nacks: 0,
+        }
+    }
+
+    /// Handles one request; returns the responses to send.
+    ///
+    /// # Errors
+    /// [`ProtocolError::UnknownType`] for a type meshreg does not serve.
+    pub fn on_request(
+        &mut self,
+        req: &ds::DeltaDiscoveryRequest,
+        view: &mut dyn View,
+    ) -> Result<Vec<ds::DeltaDiscoveryResponse>, ProtocolError> {
+        let ty = ResourceType::from_url(&req.type_url)
+            .ok_or_else(|| ProtocolError::UnknownType(req.type_url.clone()))?;
+        let d = self.types.entry(ty).or_default();
+        let first = !d.sub.started;
+        if first {
+            d.sub.started = true;
+            d.has = req.initial_resource_versions.clone().into_iter().collect();
+            // Legacy wildcard: a first LDS/CDS request naming nothing.
+            d.sub.wildcard = ty.is_sotw_complete() && req.resource_names_subscribe.is_empty();
+        }
+        if !req.response_nonce.is_empty() {
+            let error = req.error_detail.as_ref().map(|e| e.message.as_str());
+            let version = d.sub.status.sent_version.clone().unwrap_or_default();
+            status_of(
+                &mut self.nacks,
+                &mut d.sub,
+                &req.response_nonce,
+                &version,
+                error,
+            );
+        }
+        let mut changed = first;
+        for n in &req.resource_names_subscribe {
+            changed = true;
+            if n == "*" {
+                d.sub.wildcard = true;
+            } else if !d.sub.names.insert(n.clone()) && !first {
+                // Re-subscribing a name re-sends it.
+                d.has.remove(n);
+                d.told_absent.remove(n);
+            }
+        }
+        for n in &req.resource_names_unsubscribe {
+            changed = true;
+            if n == "*" {
+                d.sub.wildcard = false;
+            } else {
+                d.sub.names.remove(n);
+                d.told_absent.remove(n);
+            }
+        }
+        // The client forgets what it unsubscribed from.
+        if changed && !first {
+            let targets = d.sub.targets(ty, view);
+            d.has.retain(|n, _| targets.contains(n));
+        }
+        d.sub.status.subscribed = d.sub.subscribed();
+        let mut out = Vec::new();
+        if changed {
+            if let Some(r) = self.respond(ty, view) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Responses for a data change, in CDS → EDS → LDS → RDS order. EDS
+    /// for clusters a CDS response just updated is re-sent.
+    pub fn on_change(&mut self, view: &mut dyn View) -> Vec<ds::DeltaDiscoveryResponse> {
+        let mut out = Vec::new();
+        for ty in ResourceType::ALL {
+            if !self.types.get(&ty).is_some_and(|d| d.sub.started) {
+                continue;
+            }
+            if let Some(r) = self.respond(ty, view) {
+                if ty == ResourceType::Cluster {
+                    if let Some(eds) = self.types.get_mut(&ResourceType::Endpoint) {
+                        for res in &r.resources {
+                            eds.has.remove(&res.name);
+                        }
+                    }
+                }
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    fn respond(
+        &mut self,
+        ty: ResourceType,
+        view: &mut dyn View,
+    ) -> Option<ds::DeltaDiscoveryResponse> {
+        let d = self.types.get_mut(&ty)?;
+        let targets = d.sub.targets(ty, view);
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        for name in &targets {
+            match view.get(ty, name) {
+                Some(b) => {
+                    d.told_absent.remove(name);
+                    if d.has.get(name) != Some(&b.version) {
+                        d.has.insert(name.clone(), b.version.clone());
+                        resources.push(ds::Resource {
+                            name: b.name.clone(),
+                            version: b.version.clone(),
+                            resource: Some(b.any.clone()),
+                            ..Default::default()
+                        });
+                    }
+                }
+                None => {
+                    let had = d.has.remove(name).is_some();
+                    let explicit = d.sub.names.contains(name);
+                    if had || (explicit && d.told_absent.insert(name.clone())) {
+                        removed.push(name.clone());
+                    }
+                }
+            }
+        }
+        // Resources the client has that left the target set (wildcard shrink).
+        let gone: Vec<String> = d
+            .has
+            .keys()
+            .filter(|n| !targets.contains(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            d.has.remove(&n);
+            removed.push(n);
+        }
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let nonce = self.nonces.take();
+        let version = view.system_version();
+        d.sub.nonce = Some(nonce.clone());
+        d.sub.status.sent_version = Some(version.clone());
+        d.sub.status.responses += 1;
+        Some(ds::DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: ty.url().to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    /// Per-type status, for `/v1/xds/clients`.
+    pub fn status(&self) -> BTreeMap<&'static str, TypeStatus> {
+        self.types
+            .iter()
+            .map(|(t, d)| (t.short(), d.sub.status.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

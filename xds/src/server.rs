@@ -1,0 +1,516 @@
+//! The ADS server: `envoy.service.discovery.v3.AggregatedDiscoveryService`
+//! (state-of-the-world and delta) on the gRPC port, fed by the registry.
+//!
+//! Push path: the registry's revision feed → a debouncer (quiet period and
+//! maximum delay) → the changed applications and services invalidate the
+//! shared [`ResourceCache`] → a new generation wakes every stream → each
+//! stream diffs what it is subscribed to and sends only what changed.
+//! Each stream sends through a channel of one message: a slow or stuck
+//! client holds at most one pending response and, when it catches up, gets
+//! the latest state (coalesced), never a backlog; other streams never wait
+//! for it.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
+use envoy_types::pb::envoy::service::discovery::v3 as ds;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use futures_util::Stream;
+use meshreg_registry::node::Node;
+use meshreg_registry::state::Registry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::{Changes, ResourceCache};
+use crate::config::XdsConfig;
+use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
+use crate::resources::ResourceType;
+
+/// A batch of changes made visible to the streams.
+#[derive(Debug, Clone, Copy)]
+struct Generation {
+    /// Registry revision it reflects.
+    revision: u64,
+    /// When the debouncer first saw the first change in it.
+    changed_at: Instant,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VariantLabel {
+    variant: &'static str,
+}
+
+#[derive(Debug)]
+struct XdsMetrics {
+    pushes: Family<TypeLabel, Counter>,
+    push_seconds: Histogram,
+    nacks: Family<TypeLabel, Counter>,
+    streams: Family<VariantLabel, Gauge>,
+    rejected: Counter,
+}
+
+/// One connected client, for `/v1/xds/clients`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientInfo {
+    /// Stream id (per server).
+    pub stream: u64,
+    /// The client's `node.id`.
+    pub node_id: String,
+    /// The client's `node.cluster`.
+    pub node_cluster: String,
+    /// Namespace the stream is served from.
+    pub namespace: String,
+    /// `sotw` or `delta`.
+    pub variant: &'static str,
+    /// The peer address.
+    pub peer: String,
+    /// Seconds since the stream opened.
+    pub connected_secs: u64,
+    /// Per type (CDS, EDS, LDS, RDS): subscription, versions, last NACK.
+    pub types: BTreeMap<&'static str, TypeStatus>,
+    #[serde(skip)]
+    opened: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: Arc<Node>,
+    config: XdsConfig,
+    cache: Mutex<ResourceCache>,
+    generation: watch::Sender<Generation>,
+    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    next_stream: AtomicU64,
+    metrics: XdsMetrics,
+}
+
+/// The ADS server of one node. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AdsServer {
+    inner: Arc<Inner>,
+}
+
+/// The view one stream has: its namespace of the current registry, through the cache.
+struct CacheView<'a> {
+    reg: &'a Registry,
+    cache: &'a mut ResourceCache,
+    ns: &'a str,
+}
+
+impl View for CacheView<'_> {
+    fn get(&mut self, ty: ResourceType, name: &str) -> Option<Arc<crate::cache::Built>> {
+        self.cache.get(self.reg, self.ns, ty, name)
+    }
+
+    fn all(&mut self, ty: ResourceType) -> Arc<Vec<String>> {
+        self.cache.wildcard_names(self.reg, self.ns, ty)
+    }
+
+    fn system_version(&self) -> String {
+        self.reg.revision().to_string()
+    }
+}
+
+/// The namespace a client asks for in its node metadata (`NAMESPACE`, as
+/// Istio sets it, or `meshreg.io/namespace`), else `default`.
+pub fn namespace_of(node: Option<&EnvoyNode>) -> String {
+    let fields = node.and_then(|n| n.metadata.as_ref()).map(|m| &m.fields);
+    for key in ["meshreg.io/namespace", "NAMESPACE"] {
+        if let Some(Kind::StringValue(s)) = fields
+            .and_then(|f| f.get(key))
+            .and_then(|v| v.kind.as_ref())
+        {
+            if !s.is_empty() {
+                return s.clone();
+            }
+        }
+    }
+    meshreg_registry::model::DEFAULT_NAMESPACE.to_string()
+}
+
+/// Token bucket limiting one stream's request rate.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl AdsServer {
+    /// Starts the ADS server of `node`: registers its metrics and spawns
+    /// the debouncer, which stops when the node shuts down.
+    pub fn start(node: Arc<Node>, config: XdsConfig) -> Self {
+        let metrics = XdsMetrics {
+            pushes: Family::default(),
+            push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            nacks: Family::default(),
+            streams: Family::default(),
+            rejected: Counter::default(),
+        };
+        node.metrics.register(|r| {
+            r.register(
+                "xds_pushes",
+                "xDS responses sent, by type",
+                metrics.pushes.clone(),
+            );
+            r.register(
+                "xds_push_seconds",
+                "Time from the first registry change in a batch to its push on a stream, seconds",
+                metrics.push_seconds.clone(),
+            );
+            r.register(
+                "xds_nacks",
+                "xDS NACKs received, by type",
+                metrics.nacks.clone(),
+            );
+            r.register(
+                "xds_streams",
+                "Connected ADS streams, by variant",
+                metrics.streams.clone(),
+            );
+            r.register(
+                "xds_rejected",
+                "ADS streams ended for bad requests or request rate",
+                metrics.rejected.clone(),
+            );
+        });
+        let revision = node.shared().revision();
+        let (generation, _) = watch::channel(Generation {
+            revision,
+            changed_at: Instant::now(),
+        });
+        let inner = Arc::new(Inner {
+            cache: Mutex::new(ResourceCache::new(config.cache_max_entries)),
+            config,
+            node,
+            generation,
+            clients: Mutex::new(BTreeMap::new()),
+            next_stream: AtomicU64::new(1),
+            metrics,
+        });
+        tokio::spawn(debounce(inner.clone()));
+        Self { inner }
+    }
+
+    /// The tonic service.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(4 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// Connected clients, like `istioctl proxy-status`.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .values()
+            .map(|c| {
+                let mut c = c.clone();
+                c.connected_secs = c.opened.map_or(0, |o| o.elapsed().as_secs());
+                c
+            })
+            .collect()
+    }
+
+    /// `GET /v1/xds/clients`.
+    pub fn http_router(&self) -> axum::Router {
+        let me = self.clone();
+        axum::Router::new().route(
+            "/v1/xds/clients",
+            axum::routing::get(move || {
+                let me = me.clone();
+                async move { axum::Json(serde_json::json!({ "clients": me.clients() })) }
+            }),
+        )
+    }
+}
+
+impl Inner {
+    fn open(&self, variant: &'static str, peer: String) -> (u64, RateLimit) {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .streams
+            .get_or_create(&VariantLabel { variant })
+            .inc();
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                ClientInfo {
+                    stream: id,
+                    node_id: String::new(),
+                    node_cluster: String::new(),
+                    namespace: String::new(),
+                    variant,
+                    peer,
+                    connected_secs: 0,
+                    types: BTreeMap::new(),
+                    opened: Some(Instant::now()),
+                },
+            );
+        let limit = RateLimit {
+            tokens: self.config.request_burst as f64,
+            burst: self.config.request_burst as f64,
+            per_sec: self.config.requests_per_second as f64,
+            at: Instant::now(),
+        };
+        (id, limit)
+    }
+
+    fn close(&self, id: u64, variant: &'static str) {
+        self.metrics
+            .streams
+            .get_or_create(&VariantLabel { variant })
+            .dec();
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn identify(&self, id: u64, node: Option<&EnvoyNode>, ns: &str) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            c.node_id = node.map(|n| n.id.clone()).unwrap_or_default();
+            c.node_cluster = node.map(|n| n.cluster.clone()).unwrap_or_default();
+            c.namespace = ns.to_string();
+        }
+    }
+
+    fn record(&self, id: u64, status: BTreeMap<&'static str, TypeStatus>) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            c.types = status;
+        }
+    }
+
+    /// Runs `f` with this stream's view of the current state.
+    fn with_view<T>(&self, ns: &str, f: impl FnOnce(&mut dyn View) -> T) -> T {
+        let state = self.node.shared().read();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut view = CacheView {
+            reg: &state.registry,
+            cache: &mut cache,
+            ns,
+        };
+        f(&mut view)
+    }
+
+    fn count_push(&self, type_url: &str, generation: Option<&Generation>) {
+        let ty = ResourceType::from_url(type_url).map_or("?", ResourceType::short);
+        self.metrics
+            .pushes
+            .get_or_create(&TypeLabel { r#type: ty })
+            .inc();
+        if let Some(g) = generation {
+            self.metrics
+                .push_seconds
+                .observe(g.changed_at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Turns registry changes into generations: waits for a quiet period (or
+/// the maximum delay), invalidates what changed, wakes the streams.
+async fn debounce(inner: Arc<Inner>) {
+    let mut revisions = inner.node.shared().subscribe();
+    let mut shutdown = inner.node.shutdown_signal();
+    let mut last = inner.node.shared().revision();
+    let quiet = Duration::from_millis(inner.config.debounce_quiet_ms);
+    let max = Duration::from_millis(inner.config.debounce_max_ms);
+    loop {
+        tokio::select! {
+            r = revisions.changed() => if r.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let first = Instant::now();
+        loop {
+            let left = max.saturating_sub(first.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(quiet.min(left), revisions.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return,
+                Err(_) => break,
+            }
+        }
+        let (changes, revision) = {
+            let s = inner.node.shared().read();
+            let reg = &s.registry;
+            let mut changes = Changes::default();
+            match reg.feed().since(last) {
+                Some(events) => events.for_each(|e| changes.add(e)),
+                None => changes.everything = true,
+            }
+            (changes, reg.revision())
+        };
+        last = revision;
+        if changes.is_empty() {
+            continue;
+        }
+        inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .invalidate(&changes);
+        inner.generation.send_replace(Generation {
+            revision,
+            changed_at: first,
+        });
+    }
+}
+
+fn protocol_status(e: ProtocolError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+macro_rules! run_stream {
+    ($inner:expr, $incoming:expr, $tx:expr, $variant:literal, $state:expr, $peer:expr) => {{
+        let inner: Arc<Inner> = $inner;
+        let mut incoming = $incoming;
+        let tx = $tx;
+        let (id, mut limit) = inner.open($variant, $peer);
+        let mut st = $state(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fastrand::u64(..));
+        let mut ns: Option<String> = None;
+        let mut generations = inner.generation.subscribe();
+        let mut shutdown = inner.node.shutdown_signal();
+        loop {
+            tokio::select! {
+                msg = incoming.message() => {
+                    let req = match msg {
+                        Ok(Some(req)) => req,
+                        Ok(None) | Err(_) => break,
+                    };
+                    if !limit.allow() {
+                        inner.metrics.rejected.inc();
+                        let _ = tx.send(Err(Status::resource_exhausted(format!(
+                            "more than {} xDS requests per second on one stream", inner.config.requests_per_second
+                        )))).await;
+                        break;
+                    }
+                    let namespace = ns.get_or_insert_with(|| {
+                        let n = namespace_of(req.node.as_ref());
+                        inner.identify(id, req.node.as_ref(), &n);
+                        n
+                    }).clone();
+                    let nacks_before = st.nacks;
+                    let out = inner.with_view(&namespace, |v| st.on_request(&req, v));
+                    if st.nacks > nacks_before {
+                        let ty = ResourceType::from_url(&req.type_url).map_or("?", ResourceType::short);
+                        inner.metrics.nacks.get_or_create(&TypeLabel { r#type: ty }).inc();
+                        tracing::warn!(stream = id, r#type = ty, error = ?req.error_detail.as_ref().map(|e| &e.message), "xDS NACK");
+                    }
+                    match out {
+                        Ok(responses) => {
+                            for r in responses {
+                                inner.count_push(&r.type_url, None);
+                                if tx.send(Ok(r)).await.is_err() { break; }
+                            }
+                        }
+                        Err(e) => {
+                            inner.metrics.rejected.inc();
+                            let _ = tx.send(Err(protocol_status(e))).await;
+                            break;
+                        }
+                    }
+                    inner.record(id, st.status());
+                }
+                changed = generations.changed() => {
+                    if changed.is_err() { break; }
+                    let Some(namespace) = ns.clone() else { continue };
+                    let g = *generations.borrow_and_update();
+                    tracing::trace!(stream = id, revision = g.revision, "pushing a generation");
+                    let responses = inner.with_view(&namespace, |v| st.on_change(v));
+                    for r in responses {
+                        inner.count_push(&r.type_url, Some(&g));
+                        if tx.send(Ok(r)).await.is_err() { break; }
+                    }
+                    inner.record(id, st.status());
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            }
+        }
+        inner.close(id, $variant);
+    }};
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = BoxStream<ds::DiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<ds::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        let inner = self.inner.clone();
+        tokio::spawn(
+            async move { run_stream!(inner, incoming, tx, "sotw", SotwStream::new, peer) },
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type DeltaAggregatedResourcesStream = BoxStream<ds::DeltaDiscoveryResponse>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<ds::DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        let inner = self.inner.clone();
+        tokio::spawn(
+            async move { run_stream!(inner, incoming, tx, "delta", DeltaStream::new, peer) },
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
