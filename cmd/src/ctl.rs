@@ -153,6 +153,13 @@ enum CtlCmd {
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Connected xDS clients: node, namespace, variant, subscriptions,
+    /// last ACKed version and last NACK per type (like `istioctl proxy-status`).
+    Xds {
+        /// HTTP address of the node to ask (each node lists its own clients).
+        #[arg(long, env = "MESHREG_HTTP", default_value = "http://127.0.0.1:7070")]
+        http: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,8 +288,74 @@ fn instance_line(i: &pb::Instance) -> String {
 
 const HEADER: &str = "APP                  ID                       ADDRESS          PORTS                    HEALTH      ZONE     LABELS";
 
+fn short(v: &Value) -> String {
+    v.as_str()
+        .map(|s| s.chars().take(8).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `meshreg ctl xds`: GET /v1/xds/clients and print it.
+fn xds_clients(http: &str, json_out: bool) -> anyhow::Result<()> {
+    let url = format!("{}/v1/xds/clients", http.trim_end_matches('/'));
+    let body = ureq::get(&url)
+        .call()
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?
+        .body_mut()
+        .read_to_string()?;
+    let v: Value = serde_json::from_str(&body)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<12} {:<6} {:<22} {:<10} {:<10} {:<10} {:<10} LAST NACK",
+        "NODE", "NAMESPACE", "XDS", "PEER", "CDS", "EDS", "LDS", "RDS"
+    );
+    for c in v["clients"].as_array().into_iter().flatten() {
+        let t = &c["types"];
+        let col = |ty: &str| {
+            if t[ty].is_null() {
+                "-".to_string()
+            } else {
+                let acked = short(&t[ty]["acked_version"]);
+                let sent = short(&t[ty]["sent_version"]);
+                if acked == sent {
+                    format!("{acked} ok")
+                } else {
+                    format!("{acked} …")
+                }
+            }
+        };
+        let nack = ["CDS", "EDS", "LDS", "RDS"]
+            .iter()
+            .find_map(|ty| {
+                t[*ty]["last_nack"][1]
+                    .as_str()
+                    .map(|m| format!("{ty}: {m}"))
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<28} {:<12} {:<6} {:<22} {:<10} {:<10} {:<10} {:<10} {}",
+            c["node_id"].as_str().unwrap_or("-"),
+            c["namespace"].as_str().unwrap_or("-"),
+            c["variant"].as_str().unwrap_or("-"),
+            c["peer"].as_str().unwrap_or("-"),
+            col("CDS"),
+            col("EDS"),
+            col("LDS"),
+            col("RDS"),
+            nack
+        );
+    }
+    Ok(())
+}
+
 /// Runs one ctl command.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    if let CtlCmd::Xds { http } = &args.cmd {
+        let (http, json_out) = (http.clone(), matches!(args.output, Output::Json));
+        return tokio::task::spawn_blocking(move || xds_clients(&http, json_out)).await?;
+    }
     let channel = Channel::from_shared(args.addr.clone())
         .map_err(|e| anyhow::anyhow!("--addr {:?}: {e}", args.addr))?
         .connect_timeout(Duration::from_secs(5))
@@ -666,6 +739,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        CtlCmd::Xds { .. } => unreachable!("handled before connecting"),
         CtlCmd::Namespace(cmd) => match cmd {
             NamespaceCmd::List => {
                 let r = c

@@ -1,0 +1,374 @@
+//! xDS protocol conformance against the real binary with a raw ADS client:
+//! ACK, NACK (no resend until the data changes), wildcard and named
+//! subscriptions, unsubscribe, removal, nonexistent names, reconnect with
+//! `initial_resource_versions`, CDS → EDS ordering, for SotW and delta; and
+//! bad input (unknown types, request floods) ending only the offending stream.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3 as ds;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshreg_tests::Server;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const PAY: &str = "outbound|9090||pay.default";
+
+fn node() -> Option<EnvoyNode> {
+    Some(EnvoyNode {
+        id: "conformance".into(),
+        cluster: "test".into(),
+        metadata: Some(Struct {
+            fields: HashMap::from([(
+                "NAMESPACE".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue("default".into())),
+                },
+            )]),
+        }),
+        ..Default::default()
+    })
+}
+
+fn register(s: &Server, app: &str, ip: &str) {
+    let body = format!(
+        r#"{{"app":"{app}","address":"{ip}","ports":{{"grpc":9090}},"labels":{{"v":"1"}}}}"#
+    );
+    let r = s.post("/v1/namespaces/default/instances", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+fn endpoints(any: &envoy_types::pb::google::protobuf::Any) -> usize {
+    let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+    cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum()
+}
+
+struct Sotw {
+    tx: mpsc::Sender<ds::DiscoveryRequest>,
+    rx: Streaming<ds::DiscoveryResponse>,
+}
+
+impl Sotw {
+    async fn open(s: &Server) -> Sotw {
+        let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let rx = c
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Sotw { tx, rx }
+    }
+
+    async fn send(&self, ty: &str, names: &[&str], version: &str, nonce: &str, nack: bool) {
+        self.tx
+            .send(ds::DiscoveryRequest {
+                node: node(),
+                version_info: version.into(),
+                resource_names: names.iter().map(|n| n.to_string()).collect(),
+                type_url: ty.into(),
+                response_nonce: nonce.into(),
+                error_detail: nack.then(|| RpcStatus {
+                    code: 3,
+                    message: "rejected by test".into(),
+                    details: vec![],
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn next(
+        &mut self,
+        within: Duration,
+    ) -> Option<Result<ds::DiscoveryResponse, tonic::Status>> {
+        tokio::time::timeout(within, self.rx.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn expect(&mut self) -> ds::DiscoveryResponse {
+        self.next(Duration::from_secs(10))
+            .await
+            .expect("a response")
+            .expect("not an error")
+    }
+
+    async fn ack(&self, r: &ds::DiscoveryResponse, names: &[&str]) {
+        self.send(&r.type_url, names, &r.version_info, &r.nonce, false)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sotw_ack_nack_wildcard_ordering_and_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    register(&s, "pay", "10.0.0.1");
+    register(&s, "pay", "10.0.0.2");
+    let mut a = Sotw::open(&s).await;
+
+    // Named LDS, wildcard CDS, named EDS; each answered, each ACKed.
+    a.send(LDS, &["pay.default:9090"], "", "", false).await;
+    let l = a.expect().await;
+    assert_eq!(l.type_url, LDS);
+    assert_eq!(l.resources.len(), 1);
+    a.ack(&l, &["pay.default:9090"]).await;
+    a.send(CDS, &[], "", "", false).await;
+    let c = a.expect().await;
+    assert_eq!(
+        c.resources.len(),
+        1,
+        "wildcard CDS: every cluster of the namespace"
+    );
+    a.ack(&c, &[]).await;
+    a.send(EDS, &[PAY], "", "", false).await;
+    let e = a.expect().await;
+    assert_eq!(endpoints(&e.resources[0]), 2);
+    a.ack(&e, &[PAY]).await;
+    assert!(
+        a.next(Duration::from_millis(500)).await.is_none(),
+        "nothing more after the ACKs"
+    );
+
+    // A third instance: only EDS changes.
+    register(&s, "pay", "10.0.0.3");
+    let e2 = a.expect().await;
+    assert_eq!(e2.type_url, EDS);
+    assert_eq!(endpoints(&e2.resources[0]), 3);
+    assert_ne!(e2.version_info, e.version_info);
+    assert_ne!(e2.nonce, e.nonce);
+
+    // NACK it: not resent while the data does not change.
+    a.send(EDS, &[PAY], &e.version_info, &e2.nonce, true).await;
+    s.post("/v1/namespaces", r#"{"name":"elsewhere"}"#); // a change that does not touch pay
+    assert!(
+        a.next(Duration::from_millis(800)).await.is_none(),
+        "a NACKed version was resent"
+    );
+    let st = s.get("/v1/xds/clients").json();
+    assert_eq!(
+        st["clients"][0]["types"]["EDS"]["last_nack"][1],
+        "rejected by test"
+    );
+    register(&s, "pay", "10.0.0.4");
+    let e3 = a.expect().await;
+    assert_eq!(endpoints(&e3.resources[0]), 4);
+    a.ack(&e3, &[PAY]).await;
+
+    // A new app adds a cluster: CDS (complete) first, then EDS again.
+    register(&s, "bill", "10.0.1.1");
+    let c2 = a.expect().await;
+    assert_eq!(c2.type_url, CDS);
+    assert_eq!(
+        c2.resources.len(),
+        2,
+        "a SotW CDS response is the whole set"
+    );
+    let e4 = a.expect().await;
+    assert_eq!(e4.type_url, EDS, "EDS follows a CDS update");
+    let lds = a.next(Duration::from_millis(300)).await;
+    assert!(lds.is_none() || lds.unwrap().unwrap().type_url == LDS);
+
+    // Removal: the last pay instances go; EDS has no endpoints.
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+        s.delete(&format!("/v1/namespaces/default/instances/pay/{ip}:9090"));
+    }
+    let mut saw_cds_without_pay = false;
+    while let Some(Ok(r)) = a.next(Duration::from_secs(2)).await {
+        if r.type_url == CDS && r.resources.len() == 1 {
+            saw_cds_without_pay = true;
+        }
+    }
+    assert!(saw_cds_without_pay, "the removed cluster left the CDS set");
+}
+
+async fn next(
+    st: &mut Streaming<ds::DeltaDiscoveryResponse>,
+    ms: u64,
+) -> Option<ds::DeltaDiscoveryResponse> {
+    tokio::time::timeout(Duration::from_millis(ms), st.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.expect("not an error"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_subscriptions_removals_and_reconnect_with_initial_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    register(&s, "pay", "10.0.0.1");
+    let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut stream = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let req = |sub: &[&str], unsub: &[&str], nonce: &str| ds::DeltaDiscoveryRequest {
+        node: node(),
+        type_url: EDS.into(),
+        resource_names_subscribe: sub.iter().map(|n| n.to_string()).collect(),
+        resource_names_unsubscribe: unsub.iter().map(|n| n.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    tx.send(req(&[PAY, "outbound|1||ghost.default"], &[], ""))
+        .await
+        .unwrap();
+    let r = next(&mut stream, 10_000).await.expect("initial response");
+    assert_eq!(r.resources.len(), 1);
+    assert_eq!(r.resources[0].name, PAY);
+    assert_eq!(
+        r.removed_resources,
+        vec!["outbound|1||ghost.default"],
+        "nonexistent names are removed"
+    );
+    let pay_version = r.resources[0].version.clone();
+    tx.send(req(&[], &[], &r.nonce)).await.unwrap();
+    assert!(next(&mut stream, 500).await.is_none());
+
+    // A change is pushed; a change to another app is not.
+    register(&s, "pay", "10.0.0.2");
+    let r = next(&mut stream, 10_000).await.expect("push");
+    assert_eq!(endpoints(r.resources[0].resource.as_ref().unwrap()), 2);
+    let v2 = r.resources[0].version.clone();
+    tx.send(req(&[], &[], &r.nonce)).await.unwrap();
+    register(&s, "other", "10.0.9.9");
+    assert!(
+        next(&mut stream, 800).await.is_none(),
+        "an unrelated change was pushed"
+    );
+
+    // Reconnect to the same server with what the client has: nothing is
+    // resent for the current version; a stale version is replaced.
+    drop(tx);
+    let (tx2, rx2) = mpsc::channel(16);
+    let mut s2 = c
+        .delta_aggregated_resources(ReceiverStream::new(rx2))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut first = req(&[PAY], &[], "");
+    first.initial_resource_versions = HashMap::from([(PAY.to_string(), v2.clone())]);
+    tx2.send(first).await.unwrap();
+    assert!(
+        next(&mut s2, 800).await.is_none(),
+        "a current resource was resent on reconnect"
+    );
+    drop(tx2);
+    let (tx3, rx3) = mpsc::channel(16);
+    let mut s3 = c
+        .delta_aggregated_resources(ReceiverStream::new(rx3))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut first = req(&[PAY], &[], "");
+    first.initial_resource_versions = HashMap::from([(PAY.to_string(), pay_version)]);
+    tx3.send(first).await.unwrap();
+    let r = next(&mut s3, 10_000)
+        .await
+        .expect("the stale version is replaced");
+    assert_eq!(r.resources[0].version, v2);
+
+    // Removal of a subscribed resource, then unsubscribe: no more pushes.
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        s.delete(&format!("/v1/namespaces/default/instances/pay/{ip}:9090"));
+    }
+    let r = loop {
+        let r = next(&mut s3, 10_000).await.expect("removal");
+        if !r.removed_resources.is_empty() {
+            break r;
+        }
+    };
+    assert_eq!(r.removed_resources, vec![PAY]);
+    tx3.send(req(&[], &[PAY], &r.nonce)).await.unwrap();
+    register(&s, "pay", "10.0.0.5");
+    assert!(
+        next(&mut s3, 800).await.is_none(),
+        "pushed after unsubscribe"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_end_only_their_own_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    register(&s, "pay", "10.0.0.1");
+    let mut good = Sotw::open(&s).await;
+    good.send(EDS, &[PAY], "", "", false).await;
+    let first = good.expect().await;
+
+    // Unknown type URL: INVALID_ARGUMENT on that stream.
+    let mut bad = Sotw::open(&s).await;
+    bad.send("type.googleapis.com/not.a.Type", &[], "", "", false)
+        .await;
+    let err = bad
+        .next(Duration::from_secs(5))
+        .await
+        .expect("an answer")
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("not.a.Type"), "{}", err.message());
+
+    // A request flood: RESOURCE_EXHAUSTED on that stream.
+    let mut flood = Sotw::open(&s).await;
+    let mut limited = None;
+    for i in 0..2_000 {
+        if flood
+            .tx
+            .send(ds::DiscoveryRequest {
+                node: node(),
+                type_url: EDS.into(),
+                resource_names: vec![format!("n{i}")],
+                ..Default::default()
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    while let Some(r) = flood.next(Duration::from_secs(5)).await {
+        if let Err(e) = r {
+            limited = Some(e);
+            break;
+        }
+    }
+    assert_eq!(
+        limited.expect("the flood was limited").code(),
+        tonic::Code::ResourceExhausted
+    );
+
+    // Hundreds of streams opened and dropped.
+    for _ in 0..300 {
+        let _ = Sotw::open(&s).await;
+    }
+    // The good stream still gets pushes.
+    good.ack(&first, &[PAY]).await;
+    register(&s, "pay", "10.0.0.2");
+    let r = good.expect().await;
+    assert_eq!(endpoints(&r.resources[0]), 2);
+    assert!(s
+        .get("/metrics")
+        .text
+        .contains("meshreg_xds_rejected_total 2"));
+}
