@@ -7,13 +7,21 @@
 #     spread over all nodes, and leader-only; printed as a ratio table.
 #  2. failover: leader killed with SIGKILL -> first successful write through
 #     a surviving node (benches/src/bin/failover_probe.rs), FAILOVER_RUNS
-#     times, default timeouts.
+#     times. FAILOVER_MODES: `default` (default Raft timers: heartbeat
+#     100 ms, election timeout 500-1000 ms) and `fast` (50 ms, 250-500 ms).
+#     openraft 0.9 makes a follower wait its leader lease (= the election
+#     timeout maximum) plus a random election timeout after the last
+#     heartbeat before it stands, so the default timers give 1.5-2 s before
+#     an election even starts.
 #  3. join: a 4th node joins a cluster holding JOIN_SIZES instances; time
 #     until it is a voter and has applied as far as the leader, and the size
-#     of its data directory. JOIN_MODES: `default` (default Raft settings:
-#     the log is not compacted at these sizes, so the node catches up from
-#     the log) and `snapshot` (snapshot every 50 entries keeping 10, so the
-#     node must install a snapshot).
+#     of its data directory (JOIN_TIMEOUT seconds at most). JOIN_MODES:
+#     `default` (default Raft settings: the log is not compacted at these
+#     sizes, so the node catches up from the log), `snapshot` (snapshot
+#     every 50 entries keeping 10, so the node must install a snapshot) and
+#     `slowhb` (heartbeat 1000 ms, election timeout 3000-6000 ms: openraft
+#     0.9 gives each AppendEntries RPC one heartbeat interval, which large
+#     catch-up batches exceed at the default 100 ms; see BENCHMARKS.md).
 #
 #   benches/cluster-bench.sh
 #   PARTS="failover" FAILOVER_RUNS=10 benches/cluster-bench.sh
@@ -30,9 +38,11 @@ B1_INSTANCES=${B1_INSTANCES:-20000}        # per unbatched run
 BATCH=${BATCH:-100}                        # etcd's default --max-txn-ops is 128
 BATCH_INSTANCES=${BATCH_INSTANCES:-200000} # per batched run
 FAILOVER_RUNS=${FAILOVER_RUNS:-5}
+FAILOVER_MODES=${FAILOVER_MODES:-"default fast"}
 JOIN_SIZES=${JOIN_SIZES:-"100000 1000000"}
 JOIN_MODES=${JOIN_MODES:-"default snapshot"}
 JOIN_BATCH=${JOIN_BATCH:-1000}
+JOIN_TIMEOUT=${JOIN_TIMEOUT:-300}
 OUT=${OUT:-$PWD/target/cluster-bench}
 ETCD_TARGET=${ETCD_TARGET:-/work/target-etcdload}
 
@@ -204,28 +214,33 @@ if [[ " $PARTS " == *" throughput "* ]]; then
 fi
 
 if [[ " $PARTS " == *" failover "* ]]; then
-  start_cluster "$tmp/fo"
+  printf '[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 250\nelection_timeout_max_ms = 500\n' >"$tmp/fast.toml"
   HTTPS=("$(http 1)" "$(http 2)" "$(http 3)")
-  for r in $(seq 1 "$FAILOVER_RUNS"); do
+  for mode in $FAILOVER_MODES; do
+    extra=(); [ "$mode" = default ] || extra=(--config "$tmp/fast.toml")
+    start_cluster "$tmp/fo-$mode" "${extra[@]}"
+    for r in $(seq 1 "$FAILOVER_RUNS"); do
+      wait_until 60 status healthy 3 "${HTTPS[@]}"
+      sleep 1 # let the new leader's first heartbeats settle before the next kill
+      lead=$(status leader "${HTTPS[@]}")
+      surv=1; [ "$lead" != 1 ] || surv=2
+      line=$("$PROBE" --addr "$(grpc "$surv")" --kill-pid "${PID[$lead]}" --start $((r * 100000)))
+      wait "${PID[$lead]}" 2>/dev/null || true
+      emit "${line%\}},\"mode\":\"$mode\",\"run\":$r,\"killed\":$lead,\"via\":$surv}"
+      start_node "$lead" "$tmp/fo-$mode" "${extra[@]}" # restart with its data directory
+    done
     wait_until 60 status healthy 3 "${HTTPS[@]}"
-    sleep 1 # let the new leader's first heartbeats settle before the next kill
-    lead=$(status leader "${HTTPS[@]}")
-    surv=1; [ "$lead" != 1 ] || surv=2
-    line=$("$PROBE" --addr "$(grpc "$surv")" --kill-pid "${PID[$lead]}" --start $((r * 100000)))
-    wait "${PID[$lead]}" 2>/dev/null || true
-    emit "${line%\}},\"run\":$r,\"killed\":$lead,\"via\":$surv}"
-    start_node "$lead" "$tmp/fo" # restart with its data directory
+    stop_nodes
   done
-  wait_until 60 status healthy 3 "${HTTPS[@]}"
-  stop_nodes
 fi
 
 if [[ " $PARTS " == *" join "* ]]; then
   printf '[raft]\nsnapshot_logs_since_last = 50\nlogs_kept_after_snapshot = 10\n' >"$tmp/snapshot.toml"
+  printf '[raft]\nheartbeat_interval_ms = 1000\nelection_timeout_min_ms = 3000\nelection_timeout_max_ms = 6000\n' >"$tmp/slowhb.toml"
   for size in $JOIN_SIZES; do
     for mode in $JOIN_MODES; do
       dir=$tmp/join-$size-$mode
-      extra=(); [ "$mode" = default ] || extra=(--config "$tmp/snapshot.toml")
+      extra=(); [ "$mode" = default ] || extra=(--config "$tmp/$mode.toml")
       start_cluster "$dir" "${extra[@]}"
       load=$("$LOAD" --addrs "$(grpc 1),$(grpc 2),$(grpc 3)" --label meshreg-preload --persistent \
         --instances "$size" --concurrency 4 --batch "$JOIN_BATCH")
@@ -235,12 +250,13 @@ if [[ " $PARTS " == *" join "* ]]; then
       read -r lapplied lsnap lrev < <(status applied "$(http "$lead")")
       t0=$(date +%s.%N)
       start_node 4 "$dir" "${extra[@]}"
-      wait_until 1800 status joined 4 "$(http 4)" "$(http 1)" "$(http 2)" "$(http 3)"
+      done=true
+      wait_until "$JOIN_TIMEOUT" status joined 4 "$(http 4)" "$(http 1)" "$(http 2)" "$(http 3)" || done=false
       t1=$(date +%s.%N)
-      st=$(status joined 4 "$(http 4)" "$(http 1)" "$(http 2)" "$(http 3)")
+      st=$(status joined 4 "$(http 4)" "$(http 1)" "$(http 2)" "$(http 3)" || true)
       n4=$(du -sb "$dir/n4" | cut -f1); nl=$(du -sb "$dir/n$lead" | cut -f1)
-      emit "$(python3 -c "import json,sys; s=json.loads(sys.argv[1]); print(json.dumps({'target':'join','mode':sys.argv[2],'instances':int(sys.argv[3]),'seconds':round(float(sys.argv[5])-float(sys.argv[4]),3),'leader_applied_before':int(sys.argv[6]),'leader_snapshot_index':int(sys.argv[7]),'new_node':s,'new_node_dir_bytes':int(sys.argv[8]),'leader_dir_bytes':int(sys.argv[9])}))" \
-        "$st" "$mode" "$size" "$t0" "$t1" "$lapplied" "$lsnap" "$n4" "$nl")"
+      emit "$(python3 -c "import json,sys; s=json.loads(sys.argv[1]); print(json.dumps({'target':'join','mode':sys.argv[2],'instances':int(sys.argv[3]),'seconds':round(float(sys.argv[5])-float(sys.argv[4]),3),'leader_applied_before':int(sys.argv[6]),'leader_snapshot_index':int(sys.argv[7]),'new_node':s,'new_node_dir_bytes':int(sys.argv[8]),'leader_dir_bytes':int(sys.argv[9]),'caught_up':sys.argv[10]=='true'}))" \
+        "$st" "$mode" "$size" "$t0" "$t1" "$lapplied" "$lsnap" "$n4" "$nl" "$done")"
       stop_nodes
       rm -rf "$dir"
     done
@@ -264,13 +280,14 @@ if tp:
             if m and e:
                 print(f"| {c} | {b} | {'all 3 nodes' if v=='spread' else 'leader'} | {m['instances_per_s']:.0f} | {e['instances_per_s']:.0f} | "
                       f"{m['instances_per_s']/e['instances_per_s']:.2f}x | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} |")
-fo = [r for r in rows if r["target"] == "failover"]
-if fo:
-    g = sorted(r["gap_ms"] for r in fo); k = sorted(r["kill_to_ok_ms"] for r in fo)
-    print(f"\nfailover ({len(fo)} runs): gap min/median/max {g[0]:.0f} / {statistics.median(g):.0f} / {g[-1]:.0f} ms; "
-          f"kill->first ok {k[0]:.0f} / {statistics.median(k):.0f} / {k[-1]:.0f} ms")
+for mode in ("default", "fast"):
+    fo = [r for r in rows if r["target"] == "failover" and r.get("mode", "default") == mode]
+    if fo:
+        g = sorted(r["gap_ms"] for r in fo); k = sorted(r["kill_to_ok_ms"] for r in fo)
+        print(f"\nfailover, {mode} timers ({len(fo)} runs): gap min/median/max {g[0]:.0f} / {statistics.median(g):.0f} / {g[-1]:.0f} ms; "
+              f"kill->first ok {k[0]:.0f} / {statistics.median(k):.0f} / {k[-1]:.0f} ms")
 for r in rows:
     if r["target"] == "join":
-        print(f"join: {r['instances']} instances, {r['mode']}: {r['seconds']:.1f} s, new node dir {r['new_node_dir_bytes']/1e6:.0f} MB, "
+        print(f"join: {r['instances']} instances, {r['mode']}: {r['seconds']:.1f} s{'' if r['caught_up'] else ' (TIMED OUT, not caught up)'}, new node dir {r['new_node_dir_bytes']/1e6:.0f} MB, "
               f"leader dir {r['leader_dir_bytes']/1e6:.0f} MB, {r['new_node']}")
 PY

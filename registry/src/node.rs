@@ -308,6 +308,14 @@ impl Node {
                     leader_id: Some(l), ..
                 }) if l != self.id => {
                     let Some(leader) = self.leader().filter(|(id, _)| *id == l) else {
+                        // The leader is known by id but not yet by address
+                        // (its membership entry is still being applied).
+                        if remaining.is_zero() {
+                            return Err(Error::Unavailable(format!(
+                                "the leader (node {l}) is not reachable from this node yet"
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
                         continue;
                     };
                     return self

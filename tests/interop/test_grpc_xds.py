@@ -14,6 +14,10 @@ def python_client(target, bootstrap, n=30):
     return XdsClient([sys.executable, str(HERE / "xds_client.py"), target, str(n)], bootstrap)
 
 
+def node_client(target, bootstrap, n=30):
+    return XdsClient(["node", str(HERE / "xds_client.js"), target, str(n)], bootstrap)
+
+
 def scenario(meshreg, backends, make_client, tmp_path, by_service):
     port = free_port()
     # The same port on three loopback addresses: one app port, three endpoints.
@@ -48,3 +52,11 @@ def test_python_grpc_by_app_port(meshreg, backends, tmp_path):
 
 def test_python_grpc_by_service_name(meshreg, backends, tmp_path):
     scenario(meshreg, backends, python_client, tmp_path, by_service=True)
+
+
+def test_node_grpc_js_xds_by_app_port(meshreg, backends, tmp_path):
+    scenario(meshreg, backends, node_client, tmp_path, by_service=False)
+
+
+def test_node_grpc_js_xds_by_service_name(meshreg, backends, tmp_path):
+    scenario(meshreg, backends, node_client, tmp_path, by_service=True)
