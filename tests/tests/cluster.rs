@@ -486,3 +486,47 @@ fn a_stalled_leader_does_not_expire_sessions_when_it_wakes_up() {
     ka.join().unwrap();
     assert_converged(&c);
 }
+
+#[test]
+fn a_five_node_cluster_survives_losing_two_nodes_including_the_leader() {
+    let mut c = TestCluster::start(5, CONFIG, &[]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let follower = (1..=5).find(|i| *i != leader).unwrap();
+    for i in 0..20 {
+        let r = c.node(follower).post(
+            "/v1/namespaces/default/instances",
+            &instance_body(&format!("a{i}"), "1"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    c.kill9(leader);
+    c.kill9(follower);
+    let new_leader = c
+        .wait_leader(Duration::from_secs(15), Some(leader))
+        .expect("a new leader among three");
+    let ok = eventually(Duration::from_secs(10), || {
+        c.node(new_leader)
+            .post(
+                "/v1/namespaces/default/instances",
+                &instance_body("after", "1"),
+            )
+            .status
+            == 200
+    });
+    assert!(ok, "three of five kept taking writes");
+    assert_converged(&c);
+    let n = c
+        .node(new_leader)
+        .get("/v1/namespaces/default/instances?app=lin")
+        .json()["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, 21, "every acknowledged write survived");
+    // Both come back and catch up.
+    c.restart(leader).unwrap();
+    c.restart(follower).unwrap();
+    assert_converged(&c);
+}
