@@ -96,6 +96,8 @@ pub struct Metrics {
     pub raft_commit_index: GaugeU,
     /// Last log index included in a snapshot.
     pub raft_snapshot_index: GaugeU,
+    /// Last log index purged from the log (compacted into a snapshot).
+    pub raft_purged_index: GaugeU,
 }
 
 impl Default for Metrics {
@@ -135,6 +137,7 @@ impl Metrics {
             raft_applied_index: GaugeU::default(),
             raft_commit_index: GaugeU::default(),
             raft_snapshot_index: GaugeU::default(),
+            raft_purged_index: GaugeU::default(),
             registry: std::sync::Mutex::new(Registry::default()),
         };
         registry.register("writes", "Registry writes by command and result", writes);
@@ -217,6 +220,11 @@ impl Metrics {
             "raft_snapshot_index",
             "Last log index in a snapshot",
             m.raft_snapshot_index.clone(),
+        );
+        registry.register(
+            "raft_purged_index",
+            "Last log index purged from the log after a snapshot",
+            m.raft_purged_index.clone(),
         );
         Self {
             registry: std::sync::Mutex::new(registry),

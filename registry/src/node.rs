@@ -748,6 +748,7 @@ impl Node {
             committed,
             applied: m.last_applied.map_or(0, |l| l.index),
             snapshot: m.snapshot.map_or(0, |l| l.index),
+            purged: m.purged.map_or(0, |l| l.index),
             revision: self.shared.revision(),
             members,
         }
@@ -764,6 +765,7 @@ impl Node {
         me.raft_applied_index.set(st.applied);
         me.raft_commit_index.set(st.committed);
         me.raft_snapshot_index.set(st.snapshot);
+        me.raft_purged_index.set(st.purged);
         for m in &st.members {
             if m.id != self.id && st.leader == Some(self.id) {
                 me.replication_lag
@@ -832,6 +834,8 @@ pub struct ClusterStatus {
     pub applied: u64,
     /// Last index in a snapshot.
     pub snapshot: u64,
+    /// Last index purged from the log.
+    pub purged: u64,
     /// Applied registry revision.
     pub revision: u64,
     /// Members.

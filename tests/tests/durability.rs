@@ -301,3 +301,44 @@ fn health_names_are_case_insensitive_in_json() {
         .json();
     assert_eq!(r["instances"][0]["health"], "WARNING");
 }
+
+/// Under a steady write load the log is compacted into snapshots: the
+/// entries kept stay bounded by the snapshot interval plus the entries kept
+/// behind a snapshot, however many writes there were.
+#[test]
+fn log_compaction_keeps_the_log_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("meshreg.toml");
+    std::fs::write(
+        &cfg,
+        "[raft]\nsnapshot_logs_since_last = 100\nlogs_kept_after_snapshot = 20\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--config", cfg.to_str().unwrap()]).unwrap();
+    for i in 0..600 {
+        let body = format!(
+            r#"{{"app":"pay","id":"i{}","address":"10.0.0.1","ports":{{"http":80}},"labels":{{"n":"{i}"}}}}"#,
+            i % 50
+        );
+        assert_eq!(
+            s.post("/v1/namespaces/default/instances", &body).status,
+            200
+        );
+    }
+    let ok = eventually(Duration::from_secs(20), || {
+        let st = s.get("/v1/cluster").json();
+        let last = st["last_log_index"].as_u64().unwrap();
+        let purged = st["purged_index"].as_u64().unwrap();
+        last > 600 && last - purged <= 100 + 20 + 10
+    });
+    assert!(ok, "log not compacted: {}", s.get("/v1/cluster").text);
+    // And the state is intact after a restart from the snapshot.
+    assert!(s.stop());
+    let s = Server::start(&data, &["--config", cfg.to_str().unwrap()]).unwrap();
+    let n = s.get("/v1/namespaces/default/instances?app=pay").json()["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, 50);
+}

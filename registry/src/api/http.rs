@@ -527,7 +527,7 @@ async fn cluster_status(State(node): S) -> ApiResult<Response> {
         .collect();
     Ok(Json(json!({
         "node_id": s.id, "state": s.state, "term": s.term, "leader_id": s.leader,
-        "last_log_index": s.last_log_index, "applied_index": s.applied, "snapshot_index": s.snapshot,
+        "last_log_index": s.last_log_index, "applied_index": s.applied, "snapshot_index": s.snapshot, "purged_index": s.purged,
         "revision": s.revision, "members": members,
     }))
     .into_response())
