@@ -126,6 +126,17 @@ fn parse_wait(s: &str) -> Result<Duration, Error> {
     Ok(Duration::from_millis(n.saturating_mul(mult_ms)))
 }
 
+/// Selector query parameters.
+const SELECTOR: [&str; 7] = [
+    "app", "service", "health", "region", "zone", "subzone", "labels",
+];
+/// Read-option query parameters.
+const READ: [&str; 2] = ["min_revision", "linearizable"];
+/// Blocking-query parameters.
+const BLOCKING: [&str; 2] = ["index", "wait"];
+/// Watch-only parameters.
+const WATCH: [&str; 1] = ["from_revision"];
+
 /// Query parameters of list and watch endpoints.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -147,8 +158,10 @@ struct ListQuery {
 }
 
 impl ListQuery {
-    /// Rejects parameters the route does not use, naming them.
-    fn only(&self, allowed: &[&str]) -> Result<(), Error> {
+    /// Rejects parameters the route does not use, naming them. `groups`
+    /// are the parameter groups the route takes.
+    fn only(&self, groups: &[&[&str]]) -> Result<(), Error> {
+        let allowed: Vec<&str> = groups.iter().flat_map(|g| g.iter().copied()).collect();
         let set = [
             ("app", self.app.is_some()),
             ("service", self.service.is_some()),
@@ -326,7 +339,7 @@ struct NamespaceBody {
 
 async fn list_namespaces(State(node): S, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
-    q.only(&["min_revision", "linearizable"])?;
+    q.only(&[&READ])?;
     let (ns, revision) = ops::namespaces(&node, q.read()).await?;
     Ok(Json(json!({"revision": revision, "namespaces": ns})).into_response())
 }
@@ -394,19 +407,7 @@ async fn list_instances(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
-    q.only(&[
-        "app",
-        "service",
-        "health",
-        "region",
-        "zone",
-        "subzone",
-        "labels",
-        "min_revision",
-        "linearizable",
-        "index",
-        "wait",
-    ])?;
+    q.only(&[&SELECTOR, &READ, &BLOCKING])?;
     let sel = q.selector()?;
     q.block(&node, &ns).await?;
     let r = ops::list(&node, &ns, &sel, q.read()).await?;
@@ -422,7 +423,7 @@ async fn get_instance(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
-    q.only(&["min_revision", "linearizable"])?;
+    q.only(&[&READ])?;
     let r = ops::get(
         &node,
         &InstanceKey {
@@ -445,7 +446,7 @@ async fn list_apps(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
-    q.only(&["min_revision", "linearizable", "index", "wait"])?;
+    q.only(&[&READ, &BLOCKING])?;
     q.block(&node, &ns).await?;
     let r = ops::applications(&node, &ns, q.read()).await?;
     Ok(with_index(
@@ -460,7 +461,7 @@ async fn get_revision(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
-    q.only(&["min_revision", "linearizable"])?;
+    q.only(&[&READ])?;
     let r = ops::service_revision(&node, &ns, &app, &revision, q.read()).await?;
     Ok(Json(json!({"revision": r.revision, "service_revision": r.value})).into_response())
 }
@@ -471,7 +472,7 @@ async fn resolve(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
-    q.only(&["min_revision", "linearizable", "index", "wait"])?;
+    q.only(&[&READ, &BLOCKING])?;
     q.block(&node, &ns).await?;
     let r = ops::resolve(&node, &ns, &service, q.read()).await?;
     Ok(with_index(
@@ -488,16 +489,7 @@ async fn watch(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q: ListQuery = parse_query(q)?;
-    q.only(&[
-        "app",
-        "service",
-        "health",
-        "region",
-        "zone",
-        "subzone",
-        "labels",
-        "from_revision",
-    ])?;
+    q.only(&[&SELECTOR, &WATCH])?;
     let sel = q.selector()?;
     ops::require_namespace(&node, "namespace", &ns)?;
     let rx = crate::watch::spawn(node.clone(), ns, sel, q.from_revision.unwrap_or(0));
