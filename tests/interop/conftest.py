@@ -53,10 +53,12 @@ class Meshreg:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read() or b"null")
 
-    def register(self, app, address, port, service="test.Echo", port_name="grpc"):
-        return self.request("POST", "/v1/namespaces/default/instances", {
-            "app": app, "address": address, "ports": {port_name: port},
-            "services": [{"name": service, "protocol": "grpc", "port_name": port_name}]})
+    def register(self, app, address, port, service="test.Echo", port_name="grpc", labels=None):
+        body = {"app": app, "address": address, "ports": {port_name: port},
+                "services": [{"name": service, "protocol": "grpc", "port_name": port_name}]}
+        if labels:
+            body["labels"] = labels
+        return self.request("POST", "/v1/namespaces/default/instances", body)
 
     def deregister(self, app, instance_id):
         return self.request("DELETE", f"/v1/namespaces/default/instances/{app}/{instance_id}")

@@ -329,12 +329,16 @@ fn lb_endpoint(i: &Instance, port: u16) -> endpoint::LbEndpoint {
             )
         })
         .collect();
+    // No labels: no metadata at all. An empty `Struct` map value encodes as
+    // a key-only map entry, valid protobuf that protobufjs (gRPC's Node xDS
+    // client) decodes as null and then rejects the whole response.
+    let metadata = (!labels.is_empty()).then(|| core::Metadata {
+        filter_metadata: HashMap::from([("envoy.lb".to_string(), Struct { fields: labels })]),
+        ..Default::default()
+    });
     endpoint::LbEndpoint {
         health_status: health_status(i.health) as i32,
-        metadata: Some(core::Metadata {
-            filter_metadata: HashMap::from([("envoy.lb".to_string(), Struct { fields: labels })]),
-            ..Default::default()
-        }),
+        metadata,
         load_balancing_weight: Some(UInt32Value {
             value: i.weight.max(1),
         }),

@@ -178,3 +178,28 @@ fn versions_follow_content() {
     assert_eq!(version_of(&a.value), version_of(&b.value));
     assert_ne!(version_of(&a.value), version_of(b"other"));
 }
+
+/// An instance without labels carries no endpoint metadata: an empty
+/// `envoy.lb` Struct makes gRPC's Node xDS client reject the whole EDS.
+#[test]
+fn unlabelled_endpoints_have_no_metadata() {
+    let mut r = Registry::new(10);
+    let spec = InstanceSpec {
+        namespace: "default".into(),
+        app: "bare".into(),
+        address: "10.1.1.1".into(),
+        ports: [("grpc".to_string(), 9090)].into_iter().collect(),
+        ..Default::default()
+    };
+    r.apply(&Command::Register {
+        entries: vec![validate::registration("i", spec).unwrap()],
+    });
+    let (any, _) = build(
+        &r,
+        "default",
+        ResourceType::Endpoint,
+        "outbound|9090||bare.default",
+    );
+    let cla = ClusterLoadAssignment::decode(any.unwrap().value.as_slice()).unwrap();
+    assert!(cla.endpoints[0].lb_endpoints[0].metadata.is_none());
+}
