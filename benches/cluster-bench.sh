@@ -47,7 +47,7 @@ OUT=${OUT:-$PWD/target/cluster-bench}
 ETCD_TARGET=${ETCD_TARGET:-/work/target-etcdload}
 
 scripts/install-bench-deps.sh >/dev/null
-cargo build --release -q -p meshreg-registry --bin meshreg -p meshreg-benches --bins
+cargo build --release -q -p meshreg --bin meshreg -p meshreg-benches --bin register_load --bin failover_probe
 (cd benches/etcd-load && CARGO_TARGET_DIR="$ETCD_TARGET" cargo build --release -q)
 MESHREG=$PWD/target/release/meshreg
 LOAD=$PWD/target/release/register_load

@@ -23,6 +23,12 @@ pub struct RaftSection {
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind the snapshot, for followers that lag a little.
     pub logs_kept_after_snapshot: u64,
+    /// Most log entries in one AppendEntries RPC (openraft's batching by
+    /// count; the transport also cuts batches at 1 MiB).
+    pub max_payload_entries: u64,
+    /// How long a new node may take to replicate the log before it is
+    /// promoted from learner to voter, ms.
+    pub learner_catch_up_timeout_ms: u64,
 }
 
 impl Default for RaftSection {
@@ -33,6 +39,8 @@ impl Default for RaftSection {
             election_timeout_max_ms: 1000,
             snapshot_logs_since_last: 20_000,
             logs_kept_after_snapshot: 5_000,
+            max_payload_entries: 300,
+            learner_catch_up_timeout_ms: 600_000,
         }
     }
 }
@@ -247,6 +255,7 @@ impl Config {
             election_timeout_max: r.election_timeout_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+            max_payload_entries: r.max_payload_entries.max(1),
             ..Default::default()
         }
         .validate()

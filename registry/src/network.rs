@@ -29,6 +29,15 @@ use crate::store::{MemberNode, NodeId, TypeConfig};
 /// Largest peer message, bytes (a snapshot chunk plus overhead).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most bytes of log entries sent in one AppendEntries RPC (at least one
+/// entry is always sent). openraft 0.9 gives an AppendEntries one heartbeat
+/// interval to complete and batches by entry count only; a catch-up batch
+/// of large entries (batched registrations) could then never arrive in
+/// time. Larger batches are cut here, and the follower's success is
+/// reported as a partial success up to the last entry sent, from which
+/// openraft continues.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
 /// Links cut by fault injection.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -147,13 +156,45 @@ pub fn status_error<E>(s: &tonic::Status) -> PeerError<E> {
 pub struct GrpcNetwork {
     me: NodeId,
     faults: Arc<Faults>,
+    max_append_bytes: usize,
 }
 
 impl GrpcNetwork {
-    /// The network of node `me`.
-    pub fn new(me: NodeId, faults: Arc<Faults>) -> Self {
-        Self { me, faults }
+    /// The network of node `me`, cutting AppendEntries at `max_append_bytes`.
+    pub fn new(me: NodeId, faults: Arc<Faults>, max_append_bytes: usize) -> Self {
+        Self {
+            me,
+            faults,
+            max_append_bytes,
+        }
     }
+}
+
+/// Keeps the longest prefix of `rpc.entries` that encodes within `budget`
+/// bytes (at least one entry). Returns the log id of the last entry kept
+/// when entries were dropped.
+pub fn cut_entries(
+    rpc: &mut AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+) -> Option<openraft::LogId<NodeId>> {
+    if rpc.entries.len() <= 1 {
+        return None;
+    }
+    let mut total = 0usize;
+    let mut keep = 0usize;
+    for e in &rpc.entries {
+        let size = postcard::experimental::serialized_size(e).unwrap_or(usize::MAX);
+        if keep > 0 && total.saturating_add(size) > budget {
+            break;
+        }
+        total = total.saturating_add(size);
+        keep += 1;
+    }
+    if keep == rpc.entries.len() {
+        return None;
+    }
+    rpc.entries.truncate(keep);
+    rpc.entries.last().map(|e| e.log_id)
 }
 
 /// One peer, as openraft sees it.
@@ -163,6 +204,7 @@ pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftPeerClient<Channel>, String>,
     faults: Arc<Faults>,
+    max_append_bytes: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -174,6 +216,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             target,
             client: peer_client(&node.raft_addr),
             faults: self.faults.clone(),
+            max_append_bytes: self.max_append_bytes,
         }
     }
 }
@@ -235,13 +278,21 @@ impl PeerConnection {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(&rpc, &option, |mut c, r| async move {
-            c.append_entries(r).await
+        let cut_at = cut_entries(&mut rpc, self.max_append_bytes);
+        let resp: AppendEntriesResponse<NodeId> = self
+            .call(&rpc, &option, |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await?;
+        Ok(match (resp, cut_at) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (other, _) => other,
         })
-        .await
     }
 
     async fn install_snapshot(
@@ -279,6 +330,35 @@ mod tests {
             Err(PeerError::Remote(Error::NotFound { name, .. })) => assert_eq!(name, "7"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn large_appends_are_cut_by_size() {
+        use crate::command::Command;
+        use openraft::{Entry, EntryPayload, LeaderId, LogId, Vote};
+        let big = |i: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(LeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Command::CreateNamespace {
+                name: "x".repeat(400_000),
+                labels: Default::default(),
+            }),
+        };
+        let mut rpc = AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=5).map(big).collect(),
+        };
+        let last = cut_entries(&mut rpc, MAX_APPEND_BYTES).expect("cut");
+        assert_eq!(rpc.entries.len(), 2);
+        assert_eq!(last.index, 2);
+        // One oversized entry still goes alone; small batches are untouched.
+        let mut one = AppendEntriesRequest {
+            entries: vec![big(1)],
+            ..rpc.clone()
+        };
+        assert_eq!(cut_entries(&mut one, 10), None);
+        assert_eq!(one.entries.len(), 1);
     }
 
     #[test]

@@ -116,7 +116,11 @@ impl Node {
         let (log_store, sm) = store::open(db, config.watch.feed_capacity)?;
         let shared = sm.shared();
         let raft_config = Arc::new(config.openraft()?);
-        let network = GrpcNetwork::new(config.node_id, faults.clone());
+        let network = GrpcNetwork::new(
+            config.node_id,
+            faults.clone(),
+            crate::network::MAX_APPEND_BYTES,
+        );
         let raft = Raft::new(config.node_id, raft_config, network, log_store, sm).await?;
         let mut needs_join = false;
         if !raft.is_initialized().await? {
@@ -588,10 +592,39 @@ impl Node {
         };
         tracing::info!(node_id = id, %member, "adding node as a learner");
         self.raft
-            .add_learner(id, member, true)
+            .add_learner(id, member, false)
             .await
             .map_err(change_err)?;
-        tracing::info!(node_id = id, "learner caught up; promoting to voter");
+        // openraft's own "blocking" add_learner returns once the learner is
+        // within its lag threshold, which a node that has received nothing
+        // can already be. Promote only once the learner has replicated the
+        // whole log as it stood when it was added.
+        let target = self.raft_metrics().last_log_index.unwrap_or(0);
+        let wait = Duration::from_millis(self.config.raft.learner_catch_up_timeout_ms);
+        let caught_up = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|l| l.index >= target)
+                },
+                "learner caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(Error::Unavailable(format!(
+                "node {id} did not replicate the log up to index {target} within {} ms; it stays a learner (retry to promote it)",
+                wait.as_millis()
+            )));
+        }
+        tracing::info!(
+            node_id = id,
+            index = target,
+            "learner caught up; promoting to voter"
+        );
         let resp = self
             .raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)

@@ -81,6 +81,15 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Starts one more node (id n+1) that joins through node 1; returns its id.
+    pub fn grow(&mut self) -> anyhow::Result<u64> {
+        self.nodes.push(None);
+        self.ports.push([free_port(), free_port(), free_port()]);
+        let id = self.nodes.len() as u64;
+        self.restart(id)?;
+        Ok(id)
+    }
+
     /// A running node (panics if it is down).
     pub fn node(&self, id: u64) -> &Server {
         self.nodes[(id - 1) as usize]
@@ -183,5 +192,25 @@ impl TestCluster {
     /// The cluster's temporary directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+impl Drop for TestCluster {
+    /// When a test fails, show the end of every node's log (the data
+    /// directory goes away with the cluster).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for id in 1..=self.nodes.len() as u64 {
+            let log =
+                std::fs::read_to_string(self.data_dir(id).join("server.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let start = lines.len().saturating_sub(25);
+            eprintln!(
+                "---- node {id}: last log lines ----\n{}",
+                lines[start..].join("\n")
+            );
+        }
     }
 }

@@ -135,7 +135,14 @@ impl Server {
                 }
             }
             if Instant::now() > deadline {
-                anyhow::bail!("meshreg not ready within 30 s");
+                let log =
+                    std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                anyhow::bail!(
+                    "meshreg not ready within 30 s; last log lines:\n{}",
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -66,6 +66,23 @@ fn http_bad_input_is_rejected_and_changes_nothing() {
             "stored data changed after {body:.100}"
         );
     }
+    // A batch too large for one log entry is refused as a whole.
+    let meta = "m".repeat(300);
+    let many: Vec<String> = (0..5000)
+        .map(|i| format!(r#"{{"app":"bulk","id":"b{i}","address":"10.9.{}.{}","ports":{{"http":80}},"metadata":{{"m":"{meta}"}}}}"#, i / 250, i % 250))
+        .collect();
+    let r = s.post(
+        "/v1/namespaces/default/instances",
+        &format!(r#"{{"instances":[{}]}}"#, many.join(",")),
+    );
+    assert_eq!(r.status, 400, "{}", &r.text[..r.text.len().min(300)]);
+    assert_eq!(r.json()["error"]["field"], "instances");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("split the batch"));
+    assert_eq!(snapshot(&s), before);
+
     // Bad queries and paths.
     assert_eq!(
         s.get("/v1/namespaces/default/instances?labels=version%20in%20v1")

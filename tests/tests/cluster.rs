@@ -530,3 +530,56 @@ fn a_five_node_cluster_survives_losing_two_nodes_including_the_leader() {
     c.restart(follower).unwrap();
     assert_converged(&c);
 }
+
+/// A node joining a cluster whose log holds large entries (batched
+/// registrations) catches up, and is a voter only once it has the log.
+#[test]
+fn a_new_node_catches_up_on_large_entries_before_it_votes() {
+    let mut c = TestCluster::start(3, CONFIG, &[]).unwrap();
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .expect("a leader");
+    let meta = "x".repeat(200);
+    for b in 0..8 {
+        let instances: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"app":"big","id":"b{b}-{i}","address":"10.{b}.{}.{}","ports":{{"http":80}},"labels":{{"batch":"b{b}"}},"metadata":{{"m":"{meta}"}}}}"#,
+                    i / 250,
+                    i % 250
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"instances":[{}]}}"#, instances.join(","));
+        let r = c
+            .node(leader)
+            .post("/v1/namespaces/default/instances", &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let new = c.grow().unwrap();
+    let voter = eventually(Duration::from_secs(60), || {
+        c.voters(leader).is_some_and(|v| v.contains(&new))
+    });
+    assert!(voter, "node {new} was not promoted: {:?}", c.status(leader));
+    let st = c.status(leader).unwrap();
+    let me = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == new)
+        .unwrap()
+        .clone();
+    assert!(
+        me["matched_index"].as_u64().unwrap() >= 8,
+        "promoted before replicating the log: {me}"
+    );
+    assert_converged(&c);
+    let n = c
+        .node(new)
+        .get("/v1/namespaces/default/instances?app=big")
+        .json()["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, 8000);
+}

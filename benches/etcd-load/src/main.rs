@@ -101,10 +101,7 @@ async fn main() -> anyhow::Result<()> {
         let (apps, batch, total, start) = (a.apps, a.batch.max(1), a.instances, a.start);
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
-            let opts = || match lease {
-                Some(l) => Some(PutOptions::new().with_lease(l)),
-                None => None,
-            };
+            let opts = || lease.map(|l| PutOptions::new().with_lease(l));
             let mut lat = Vec::with_capacity(per_worker / batch + 1);
             let ids: Vec<usize> = (w * per_worker..((w + 1) * per_worker).min(total))
                 .map(|i| start + i)

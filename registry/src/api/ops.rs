@@ -70,7 +70,18 @@ pub async fn register(node: &Node, specs: Vec<InstanceSpec>) -> Result<(u64, Vec
         entries.push(validate::registration(&format!("instances[{i}]"), s)?);
     }
     let ids = entries.iter().map(|e| e.instance.id.clone()).collect();
-    match node.write(Command::Register { entries }).await? {
+    let cmd = Command::Register { entries };
+    let size = postcard::experimental::serialized_size(&cmd).unwrap_or(usize::MAX);
+    if size > validate::MAX_COMMAND_BYTES {
+        return Err(Error::invalid(
+            "instances",
+            format!(
+                "the request takes {size} bytes in the log; at most {} per request: split the batch",
+                validate::MAX_COMMAND_BYTES
+            ),
+        ));
+    }
+    match node.write(cmd).await? {
         CommandResponse::Applied { revision, .. } => Ok((revision, ids)),
         other => Err(unexpected(&other)),
     }

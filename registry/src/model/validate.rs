@@ -23,6 +23,9 @@ pub const MAX_PORTS: usize = 32;
 pub const MAX_SERVICES: usize = 512;
 /// Most instances in one register or deregister request.
 pub const MAX_BATCH: usize = 10_000;
+/// Most bytes one register request may take in the Raft log (like etcd's
+/// request size limit): every log entry then fits in one AppendEntries.
+pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 /// Shortest session TTL, in milliseconds.
 pub const MIN_TTL_MS: u64 = 1_000;
 /// Longest session TTL, in milliseconds.

@@ -1,0 +1,458 @@
+//! xDS fan-out against a running meshreg (issue 4): how long one registry
+//! change takes to reach many ADS streams, and what an idle stream costs
+//! the server in memory.
+//!
+//! 1. Registers `--seed-instances` persistent instances of `--app` with port
+//!    `--port`, so the cluster `outbound|<port>||<app>.default` exists.
+//! 2. Reads the server's RSS (`VmRSS` of `/proc/<--server-pid>/status`).
+//! 3. Opens `--streams` ADS streams (`--variant delta` or `sotw`), real gRPC
+//!    streams spread over HTTP/2 connections of `--per-connection` streams
+//!    each, all subscribed to that one ClusterLoadAssignment (node metadata
+//!    `NAMESPACE=default`); every response is ACKed with its nonce (and, for
+//!    SotW, its `version_info`). Waits until every stream has its initial
+//!    response, lets them sit idle `--settle-ms`, and reads the RSS again:
+//!    `(after - before) / streams` is the server memory per idle stream
+//!    (stream state, HTTP/2 and tonic buffers, and the connections' share).
+//! 4. `--changes` times: registers one new instance (address
+//!    `10.250.0.<k+1>`) and measures, per stream, the time from the moment
+//!    the `Register` call returned (the write is committed) until that
+//!    stream received a response whose ClusterLoadAssignment contains the
+//!    new address. Changes are `--gap-ms` apart, longer than the debounce,
+//!    so each is pushed on its own.
+//!
+//! Prints one JSON line for the connect phase (with the memory figures)
+//! and one per change. Latencies are measured in this process, which
+//! shares the machine with the server: the client's own scheduling delay
+//! (decoding 10,000 responses on a loaded core) is part of the figures.
+//!
+//! Expects a registry where the change addresses are not registered yet
+//! (a fresh server, or a distinct `--app` per run).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::config::core::v3::{address, Node as EnvoyNode};
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::service::discovery::v3 as ds;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::{value, Struct, Value};
+use meshreg_benches::LatencyStats;
+use meshreg_proto::registry::v1 as pb;
+use meshreg_proto::registry::v1::registry_client::RegistryClient;
+use prost::Message;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+const EDS_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Variant {
+    /// `DeltaAggregatedResources`.
+    Delta,
+    /// `StreamAggregatedResources` (state of the world).
+    Sotw,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Delta => "delta",
+            Variant::Sotw => "sotw",
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// gRPC address of meshreg (registry API and ADS share the port).
+    #[arg(long, default_value = "http://127.0.0.1:7071")]
+    addr: String,
+    /// ADS variant.
+    #[arg(long, value_enum, default_value_t = Variant::Delta)]
+    variant: Variant,
+    /// ADS streams to open.
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+    /// Streams per HTTP/2 connection (meshreg allows 1,024 by default).
+    #[arg(long, default_value_t = 100)]
+    per_connection: usize,
+    /// Streams being opened at once (each holds a slot until its initial
+    /// response arrives).
+    #[arg(long, default_value_t = 500)]
+    open_parallelism: usize,
+    /// Application the streams subscribe to.
+    #[arg(long, default_value = "fanout")]
+    app: String,
+    /// Port of the application (the cluster is `outbound|<port>||<app>.default`).
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// Instances registered before the streams open.
+    #[arg(long, default_value_t = 3)]
+    seed_instances: usize,
+    /// Instance changes to time (at most 250).
+    #[arg(long, default_value_t = 5)]
+    changes: usize,
+    /// Pause before each change, ms (longer than the debounce quiet period).
+    #[arg(long, default_value_t = 1_000)]
+    gap_ms: u64,
+    /// Idle time before each RSS reading, ms.
+    #[arg(long, default_value_t = 2_000)]
+    settle_ms: u64,
+    /// How long to wait for all streams to get their initial response, s.
+    #[arg(long, default_value_t = 300)]
+    connect_timeout_s: u64,
+    /// How long to wait for all streams to see one change, ms.
+    #[arg(long, default_value_t = 10_000)]
+    change_timeout_ms: u64,
+    /// Process id of the meshreg server, for its RSS; none skips memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// What a stream task reports to the coordinator.
+#[derive(Debug)]
+enum Event {
+    /// The stream received the subscribed resource for the first time.
+    Initial,
+    /// The stream received a response containing change `change`'s address.
+    Saw { change: usize, at: Instant },
+    /// The stream ended (error or server close).
+    Ended { error: String },
+}
+
+/// Address of change `k`.
+fn change_address(k: usize) -> String {
+    format!("10.250.0.{}", k + 1)
+}
+
+fn instance(app: &str, address: String, port: u16) -> pb::register_request::Entry {
+    pb::register_request::Entry {
+        instance: Some(pb::Instance {
+            namespace: "default".into(),
+            app: app.to_string(),
+            address,
+            ports: HashMap::from([("grpc".to_string(), u32::from(port))]),
+            labels: HashMap::from([("version".to_string(), "v1".to_string())]),
+            ..Default::default()
+        }),
+        services: vec![],
+    }
+}
+
+fn envoy_node(i: usize) -> EnvoyNode {
+    EnvoyNode {
+        id: format!("fanout-{i}"),
+        cluster: "fanout".into(),
+        metadata: Some(Struct {
+            fields: [(
+                "NAMESPACE".to_string(),
+                Value {
+                    kind: Some(value::Kind::StringValue("default".into())),
+                },
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Per-stream bookkeeping shared by both variants.
+struct Tracker {
+    cluster: String,
+    changes: Vec<String>,
+    seen: Vec<bool>,
+    initial: bool,
+    events: mpsc::UnboundedSender<Event>,
+    open_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Tracker {
+    /// Looks at the ClusterLoadAssignments of one response received at `at`.
+    fn on_resources<'a>(&mut self, at: Instant, resources: impl Iterator<Item = &'a [u8]>) {
+        let mut found = false;
+        for bytes in resources {
+            let Ok(cla) = ClusterLoadAssignment::decode(bytes) else {
+                continue;
+            };
+            if cla.cluster_name != self.cluster {
+                continue;
+            }
+            found = true;
+            let addresses = cla
+                .endpoints
+                .iter()
+                .flat_map(|l| &l.lb_endpoints)
+                .filter_map(|e| match &e.host_identifier {
+                    Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep.address.as_ref(),
+                    _ => None,
+                })
+                .filter_map(|a| match &a.address {
+                    Some(address::Address::SocketAddress(s)) => Some(s.address.as_str()),
+                    _ => None,
+                });
+            for a in addresses {
+                if let Some(k) = self.changes.iter().position(|c| c == a) {
+                    if !self.seen[k] {
+                        self.seen[k] = true;
+                        let _ = self.events.send(Event::Saw { change: k, at });
+                    }
+                }
+            }
+        }
+        if found && !self.initial {
+            self.initial = true;
+            self.open_slot = None;
+            let _ = self.events.send(Event::Initial);
+        }
+    }
+
+    fn ended(&mut self, error: String) {
+        self.open_slot = None;
+        let _ = self.events.send(Event::Ended { error });
+    }
+}
+
+async fn run_delta(channel: Channel, i: usize, mut t: Tracker) {
+    let (tx, rx) = mpsc::channel(4);
+    let first = ds::DeltaDiscoveryRequest {
+        node: Some(envoy_node(i)),
+        type_url: EDS_TYPE.into(),
+        resource_names_subscribe: vec![t.cluster.clone()],
+        ..Default::default()
+    };
+    if tx.send(first).await.is_err() {
+        return t.ended("request channel closed".into());
+    }
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut inbound = match client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return t.ended(format!("open: {e}")),
+    };
+    loop {
+        match inbound.message().await {
+            Ok(Some(r)) => {
+                let at = Instant::now();
+                let ack = ds::DeltaDiscoveryRequest {
+                    type_url: EDS_TYPE.into(),
+                    response_nonce: r.nonce.clone(),
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    return t.ended("request channel closed".into());
+                }
+                let bytes = r
+                    .resources
+                    .iter()
+                    .filter_map(|x| x.resource.as_ref())
+                    .map(|a| a.value.as_slice());
+                t.on_resources(at, bytes);
+            }
+            Ok(None) => return t.ended("server closed the stream".into()),
+            Err(e) => return t.ended(e.to_string()),
+        }
+    }
+}
+
+async fn run_sotw(channel: Channel, i: usize, mut t: Tracker) {
+    let (tx, rx) = mpsc::channel(4);
+    let first = ds::DiscoveryRequest {
+        node: Some(envoy_node(i)),
+        type_url: EDS_TYPE.into(),
+        resource_names: vec![t.cluster.clone()],
+        ..Default::default()
+    };
+    if tx.send(first).await.is_err() {
+        return t.ended("request channel closed".into());
+    }
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut inbound = match client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return t.ended(format!("open: {e}")),
+    };
+    loop {
+        match inbound.message().await {
+            Ok(Some(r)) => {
+                let at = Instant::now();
+                let ack = ds::DiscoveryRequest {
+                    type_url: EDS_TYPE.into(),
+                    resource_names: vec![t.cluster.clone()],
+                    version_info: r.version_info.clone(),
+                    response_nonce: r.nonce.clone(),
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    return t.ended("request channel closed".into());
+                }
+                t.on_resources(at, r.resources.iter().map(|a| a.value.as_slice()));
+            }
+            Ok(None) => return t.ended("server closed the stream".into()),
+            Err(e) => return t.ended(e.to_string()),
+        }
+    }
+}
+
+/// `VmRSS` of a process, bytes.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?
+        .trim()
+        .parse::<u64>()?;
+    Ok(kb * 1024)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    anyhow::ensure!(a.changes <= 250, "--changes is at most 250");
+    anyhow::ensure!(a.per_connection > 0, "--per-connection must be positive");
+    let variant = a.variant.name();
+    let cluster = format!("outbound|{}||{}.default", a.port, a.app);
+
+    let mut registry = RegistryClient::connect(a.addr.clone()).await?;
+    registry
+        .register(pb::RegisterRequest {
+            instances: (0..a.seed_instances)
+                .map(|i| instance(&a.app, format!("10.0.0.{}", i + 1), a.port))
+                .collect(),
+        })
+        .await?;
+
+    let settle = Duration::from_millis(a.settle_ms);
+    tokio::time::sleep(settle).await;
+    let rss_before = a.server_pid.map(rss_bytes).transpose()?;
+
+    // Open the streams.
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let open_slots = Arc::new(Semaphore::new(a.open_parallelism.max(1)));
+    let started = Instant::now();
+    let mut channel: Option<Channel> = None;
+    for i in 0..a.streams {
+        let ch = match &channel {
+            Some(c) if i % a.per_connection != 0 => c.clone(),
+            _ => {
+                // One `connect` is one HTTP/2 connection.
+                let c = Endpoint::from_shared(a.addr.clone())?.connect().await?;
+                channel = Some(c.clone());
+                c
+            }
+        };
+        let permit = open_slots.clone().acquire_owned().await?;
+        let t = Tracker {
+            cluster: cluster.clone(),
+            changes: (0..a.changes).map(change_address).collect(),
+            seen: vec![false; a.changes],
+            initial: false,
+            events: events_tx.clone(),
+            open_slot: Some(permit),
+        };
+        match a.variant {
+            Variant::Delta => tokio::spawn(run_delta(ch, i, t)),
+            Variant::Sotw => tokio::spawn(run_sotw(ch, i, t)),
+        };
+    }
+    drop(events_tx);
+
+    let mut connected = 0usize;
+    let mut ended = 0usize;
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.connect_timeout_s);
+    while connected + ended < a.streams {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Initial)) => connected += 1,
+            Ok(Some(Event::Ended { error })) => {
+                ended += 1;
+                *errors.entry(error).or_default() += 1;
+            }
+            Ok(Some(Event::Saw { .. })) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(settle).await;
+    let rss_after = a.server_pid.map(rss_bytes).transpose()?;
+    let per_stream = match (rss_before, rss_after) {
+        (Some(b), Some(f)) if connected > 0 => {
+            format!("{:.0}", (f as f64 - b as f64) / connected as f64)
+        }
+        _ => "null".into(),
+    };
+    let opt = |v: Option<u64>| v.map_or("null".into(), |v| v.to_string());
+    println!(
+        "{{\"phase\":\"connect\",\"variant\":\"{variant}\",\"streams\":{},\"connections\":{},\"connected\":{connected},\"ended\":{ended},\"seconds\":{connect_s:.3},\"rss_before_bytes\":{},\"rss_after_bytes\":{},\"rss_per_stream_bytes\":{per_stream},\"errors\":{:?}}}",
+        a.streams,
+        a.streams.div_ceil(a.per_connection),
+        opt(rss_before),
+        opt(rss_after),
+        errors,
+    );
+
+    // Time each change.
+    let mut late = 0usize;
+    for k in 0..a.changes {
+        tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
+        let alive = connected.saturating_sub(ended);
+        let call = Instant::now();
+        registry
+            .register(pb::RegisterRequest {
+                instances: vec![instance(&a.app, change_address(k), a.port)],
+            })
+            .await?;
+        let commit = Instant::now();
+        let mut samples = Vec::with_capacity(alive);
+        let mut before_commit = 0usize;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(a.change_timeout_ms);
+        while samples.len() < alive {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::Saw { change, at })) if change == k => {
+                    if at < commit {
+                        before_commit += 1;
+                    }
+                    samples.push(at.saturating_duration_since(commit));
+                }
+                Ok(Some(Event::Saw { .. })) => late += 1,
+                Ok(Some(Event::Ended { error })) => {
+                    ended += 1;
+                    *errors.entry(error).or_default() += 1;
+                }
+                Ok(Some(Event::Initial)) => connected += 1,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let within_1s = samples
+            .iter()
+            .filter(|d| **d <= Duration::from_secs(1))
+            .count();
+        let max = samples.iter().max().copied().unwrap_or_default();
+        let got = samples.len();
+        let stats = LatencyStats::from_samples(samples, got, commit - call);
+        println!(
+            "{{\"phase\":\"change\",\"variant\":\"{variant}\",\"change\":{},\"streams\":{alive},\"got\":{got},\"within_1s\":{within_1s},\"before_commit\":{before_commit},\"register_ms\":{:.3},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+            k + 1,
+            ms(commit - call),
+            stats.p50_ms,
+            stats.p99_ms,
+            ms(max),
+        );
+    }
+    println!(
+        "{{\"phase\":\"done\",\"variant\":\"{variant}\",\"ended\":{ended},\"late_events\":{late},\"errors\":{errors:?}}}"
+    );
+    Ok(())
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# xDS fan-out (issue 4): N ADS streams subscribed to one application's
+# ClusterLoadAssignment; time from a committed Register to each stream
+# receiving the new endpoint, and the server's RSS per idle stream.
+#
+#   benches/xds-fanout.sh                         # delta:10000 and sotw:1000
+#   RUNS="delta:2000" CHANGES=3 benches/xds-fanout.sh
+#   CARGO_TARGET_DIR=/work/target-fanout benches/xds-fanout.sh
+#
+# Each run gets a fresh meshreg (single node, temporary data directory,
+# 127.0.0.1 only) and prints the JSON lines of `xds_fanout` (see
+# benches/src/bin/xds_fanout.rs). Every process started here is stopped on
+# exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-"delta:10000 sotw:1000"}
+PER_CONNECTION=${PER_CONNECTION:-100}
+CHANGES=${CHANGES:-5}
+PORT_BASE=${PORT_BASE:-17270}
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+
+# Streams are multiplexed (PER_CONNECTION per TCP connection), so few file
+# descriptors are needed; raise the limit anyway, as far as the hard limit allows.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+echo "# open files limit: $(ulimit -n)" >&2
+
+CARGO_TARGET_DIR=$TARGET cargo build --release -q -p meshreg --bin meshreg -p meshreg-benches --bin xds_fanout
+MESHREG=$TARGET/release/meshreg
+FANOUT=$TARGET/release/xds_fanout
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    # Bounded: give each process 10 s to drain, then kill it.
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+wait_http() {
+  for _ in $(seq 1 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timeout waiting for $1" >&2
+  return 1
+}
+
+for run in $RUNS; do
+  variant=${run%%:*}
+  streams=${run##*:}
+  "$MESHREG" server --data-dir "$tmp/meshreg-$variant-$streams" \
+    --http-addr "127.0.0.1:$PORT_BASE" --grpc-addr "127.0.0.1:$((PORT_BASE + 1))" \
+    --raft-addr "127.0.0.1:$((PORT_BASE + 2))" --log warn >/dev/null 2>"$tmp/meshreg.log" &
+  pid=$!
+  pids+=("$pid")
+  wait_http "http://127.0.0.1:$PORT_BASE/readyz"
+  echo "# $(date -u +%FT%TZ) run $variant:$streams, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  "$FANOUT" --addr "http://127.0.0.1:$((PORT_BASE + 1))" --variant "$variant" --streams "$streams" \
+    --per-connection "$PER_CONNECTION" --changes "$CHANGES" --server-pid "$pid" || echo "# xds_fanout failed: $?" >&2
+  echo "# after run, load: $(cut -d' ' -f1-3 /proc/loadavg); server streams gauge:" \
+    "$(curl -sf "http://127.0.0.1:$PORT_BASE/metrics" | grep 'xds_streams' | tr '\n' ' ')" >&2
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  if [ -s "$tmp/meshreg.log" ]; then
+    echo "# meshreg log (last 20 lines):" >&2
+    tail -n 20 "$tmp/meshreg.log" >&2
+  fi
+done
