@@ -420,7 +420,7 @@ macro_rules! run_stream {
         let mut ns: Option<String> = None;
         let mut generations = inner.generation.subscribe();
         let mut shutdown = inner.node.shutdown_signal();
-        loop {
+        'stream: loop {
             tokio::select! {
                 msg = incoming.message() => {
                     let req = match msg {
@@ -450,7 +450,7 @@ macro_rules! run_stream {
                         Ok(responses) => {
                             for r in responses {
                                 inner.count_push(&r.type_url, None);
-                                if tx.send(Ok(r)).await.is_err() { break; }
+                                if tx.send(Ok(r)).await.is_err() { break 'stream; }
                             }
                         }
                         Err(e) => {
@@ -469,7 +469,7 @@ macro_rules! run_stream {
                     let responses = inner.with_view(&namespace, |v| st.on_change(v));
                     for r in responses {
                         inner.count_push(&r.type_url, Some(&g));
-                        if tx.send(Ok(r)).await.is_err() { break; }
+                        if tx.send(Ok(r)).await.is_err() { break 'stream; }
                     }
                     inner.record(id, st.status());
                 }
