@@ -68,11 +68,14 @@ impl Changes {
     }
 }
 
-/// Shared cache of built resources, keyed by (namespace, type, name).
+/// Shared cache of built resources: namespace → type → name. Lookups take
+/// `&str` at every level, so a hit allocates nothing and, through
+/// [`ResourceCache::peek`], needs only shared access.
 #[derive(Debug)]
 pub struct ResourceCache {
-    entries: HashMap<(String, ResourceType, String), Entry>,
+    entries: HashMap<String, HashMap<ResourceType, HashMap<String, Entry>>>,
     wildcard: HashMap<(String, ResourceType), Arc<Vec<String>>>,
+    len: usize,
     max_entries: usize,
 }
 
@@ -83,8 +86,24 @@ impl ResourceCache {
         Self {
             entries: HashMap::new(),
             wildcard: HashMap::new(),
+            len: 0,
             max_entries: max_entries.max(16),
         }
+    }
+
+    /// The cached state of a resource without building it: `None` when not
+    /// cached, `Some(None)` when cached as nonexistent.
+    pub fn peek(&self, ns: &str, ty: ResourceType, name: &str) -> Option<Option<Arc<Built>>> {
+        self.entries
+            .get(ns)?
+            .get(&ty)?
+            .get(name)
+            .map(|e| e.built.clone())
+    }
+
+    /// The cached wildcard names of `ty` in `ns`, if cached.
+    pub fn peek_wildcard(&self, ns: &str, ty: ResourceType) -> Option<Arc<Vec<String>>> {
+        self.wildcard.get(&(ns.to_string(), ty)).cloned()
     }
 
     /// Resource `name` of `ty` in `ns`, building it if needed.
@@ -95,15 +114,11 @@ impl ResourceCache {
         ty: ResourceType,
         name: &str,
     ) -> Option<Arc<Built>> {
-        let key = (ns.to_string(), ty, name.to_string());
-        if let Some(e) = self.entries.get(&key) {
-            return e.built.clone();
+        if let Some(hit) = self.peek(ns, ty, name) {
+            return hit;
         }
-        if self.entries.len() >= self.max_entries {
-            self.entries.retain(|_, e| e.built.is_some());
-            if self.entries.len() >= self.max_entries {
-                self.entries.clear();
-            }
+        if self.len >= self.max_entries {
+            self.evict();
         }
         let (any, dep) = resources::build(reg, ns, ty, name);
         let built = any.map(|any| {
@@ -113,14 +128,48 @@ impl ResourceCache {
                 any,
             })
         });
-        self.entries.insert(
-            key,
-            Entry {
-                built: built.clone(),
-                dep,
-            },
-        );
+        self.entries
+            .entry(ns.to_string())
+            .or_default()
+            .entry(ty)
+            .or_default()
+            .insert(
+                name.to_string(),
+                Entry {
+                    built: built.clone(),
+                    dep,
+                },
+            );
+        self.len += 1;
         built
+    }
+
+    /// Drops the entries for names that do not exist, then everything if
+    /// that was not enough.
+    fn evict(&mut self) {
+        for types in self.entries.values_mut() {
+            for names in types.values_mut() {
+                names.retain(|_, e| e.built.is_some());
+            }
+        }
+        self.recount();
+        if self.len >= self.max_entries {
+            self.entries.clear();
+            self.len = 0;
+        }
+    }
+
+    fn recount(&mut self) {
+        self.entries.retain(|_, types| {
+            types.retain(|_, names| !names.is_empty());
+            !types.is_empty()
+        });
+        self.len = self
+            .entries
+            .values()
+            .flat_map(|t| t.values())
+            .map(HashMap::len)
+            .sum();
     }
 
     /// Names of every resource of `ty` in `ns` (for wildcard subscriptions).
@@ -141,30 +190,136 @@ impl ResourceCache {
         if changes.everything {
             self.entries.clear();
             self.wildcard.clear();
+            self.len = 0;
             return;
         }
         let touched: BTreeSet<&str> = changes.namespaces.keys().map(String::as_str).collect();
         self.wildcard
             .retain(|(ns, _), _| !touched.contains(ns.as_str()));
-        self.entries.retain(|(ns, _, _), e| {
-            let Some(c) = changes.namespaces.get(ns) else {
-                return true;
+        for (ns, c) in &changes.namespaces {
+            let Some(types) = self.entries.get_mut(ns) else {
+                continue;
             };
-            match &e.dep {
-                Dependency::Namespace => false,
-                Dependency::App(a) => !c.apps.contains(a),
-                Dependency::Service(s) => !c.services.contains(s),
+            for names in types.values_mut() {
+                names.retain(|_, e| match &e.dep {
+                    Dependency::Namespace => false,
+                    Dependency::App(a) => !c.apps.contains(a),
+                    Dependency::Service(s) => !c.services.contains(s),
+                });
             }
-        });
+        }
+        self.recount();
     }
 
     /// Number of cached entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshreg_registry::command::Command;
+    use meshreg_registry::model::{validate, InstanceSpec};
+
+    use super::*;
+
+    fn add(r: &mut Registry, app: &str, ip: &str) -> FeedEvent {
+        let spec = InstanceSpec {
+            namespace: "default".into(),
+            app: app.into(),
+            address: ip.into(),
+            ports: [("grpc".to_string(), 9090)].into_iter().collect(),
+            ..Default::default()
+        };
+        r.apply(&Command::Register {
+            entries: vec![validate::registration("i", spec).unwrap()],
+        });
+        r.feed()
+            .since(r.revision() - 1)
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn a_change_rebuilds_only_what_depends_on_it() {
+        let mut r = Registry::new(100);
+        add(&mut r, "pay", "10.0.0.1");
+        add(&mut r, "bill", "10.0.0.2");
+        let mut c = ResourceCache::new(100);
+        let pay = c
+            .get(
+                &r,
+                "default",
+                ResourceType::Endpoint,
+                "outbound|9090||pay.default",
+            )
+            .unwrap();
+        let bill = c
+            .get(
+                &r,
+                "default",
+                ResourceType::Endpoint,
+                "outbound|9090||bill.default",
+            )
+            .unwrap();
+        assert!(c
+            .get(
+                &r,
+                "default",
+                ResourceType::Endpoint,
+                "outbound|9090||ghost.default"
+            )
+            .is_none());
+        assert_eq!(c.len(), 3);
+        // Cached hits are shared, not rebuilt.
+        assert!(Arc::ptr_eq(
+            &pay,
+            &c.peek(
+                "default",
+                ResourceType::Endpoint,
+                "outbound|9090||pay.default"
+            )
+            .unwrap()
+            .unwrap()
+        ));
+        let ev = add(&mut r, "pay", "10.0.0.3");
+        let mut changes = Changes::default();
+        changes.add(&ev);
+        c.invalidate(&changes);
+        // pay and the nonexistent name are dropped; bill stays.
+        assert_eq!(c.len(), 1);
+        assert!(c
+            .peek(
+                "default",
+                ResourceType::Endpoint,
+                "outbound|9090||bill.default"
+            )
+            .is_some());
+        let pay2 = c
+            .get(
+                &r,
+                "default",
+                ResourceType::Endpoint,
+                "outbound|9090||pay.default",
+            )
+            .unwrap();
+        assert_ne!(pay.version, pay2.version);
+        let bill2 = c
+            .get(
+                &r,
+                "default",
+                ResourceType::Endpoint,
+                "outbound|9090||bill.default",
+            )
+            .unwrap();
+        assert!(Arc::ptr_eq(&bill, &bill2));
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
@@ -95,7 +95,7 @@ pub struct ClientInfo {
 struct Inner {
     node: Arc<Node>,
     config: XdsConfig,
-    cache: Mutex<ResourceCache>,
+    cache: RwLock<ResourceCache>,
     generation: watch::Sender<Generation>,
     clients: Mutex<BTreeMap<u64, ClientInfo>>,
     next_stream: AtomicU64,
@@ -108,20 +108,47 @@ pub struct AdsServer {
     inner: Arc<Inner>,
 }
 
-/// The view one stream has: its namespace of the current registry, through the cache.
+/// The view one stream has: its namespace of the current registry, through
+/// the shared cache. Hits (nearly every lookup when many streams watch the
+/// same resources) take the cache's lock shared; only a miss takes it
+/// exclusively to build.
 struct CacheView<'a> {
     reg: &'a Registry,
-    cache: &'a mut ResourceCache,
+    cache: &'a RwLock<ResourceCache>,
     ns: &'a str,
 }
 
 impl View for CacheView<'_> {
     fn get(&mut self, ty: ResourceType, name: &str) -> Option<Arc<crate::cache::Built>> {
-        self.cache.get(self.reg, self.ns, ty, name)
+        let hit = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .peek(self.ns, ty, name);
+        match hit {
+            Some(built) => built,
+            None => self
+                .cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(self.reg, self.ns, ty, name),
+        }
     }
 
     fn all(&mut self, ty: ResourceType) -> Arc<Vec<String>> {
-        self.cache.wildcard_names(self.reg, self.ns, ty)
+        let hit = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .peek_wildcard(self.ns, ty);
+        match hit {
+            Some(names) => names,
+            None => self
+                .cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .wildcard_names(self.reg, self.ns, ty),
+        }
     }
 
     fn system_version(&self) -> String {
@@ -216,7 +243,7 @@ impl AdsServer {
             changed_at: Instant::now(),
         });
         let inner = Arc::new(Inner {
-            cache: Mutex::new(ResourceCache::new(config.cache_max_entries)),
+            cache: RwLock::new(ResourceCache::new(config.cache_max_entries)),
             config,
             node,
             generation,
@@ -332,10 +359,9 @@ impl Inner {
     /// Runs `f` with this stream's view of the current state.
     fn with_view<T>(&self, ns: &str, f: impl FnOnce(&mut dyn View) -> T) -> T {
         let state = self.node.shared().read();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let mut view = CacheView {
             reg: &state.registry,
-            cache: &mut cache,
+            cache: &self.cache,
             ns,
         };
         f(&mut view)
@@ -396,7 +422,7 @@ async fn debounce(inner: Arc<Inner>) {
         }
         inner
             .cache
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .invalidate(&changes);
         inner.generation.send_replace(Generation {
