@@ -97,7 +97,9 @@ struct Inner {
     config: XdsConfig,
     cache: RwLock<ResourceCache>,
     generation: watch::Sender<Generation>,
-    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    /// Each stream's status in its own slot, so recording it after a push
+    /// does not contend with the other streams.
+    clients: Mutex<BTreeMap<u64, Arc<Mutex<ClientInfo>>>>,
     next_stream: AtomicU64,
     metrics: XdsMetrics,
 }
@@ -264,11 +266,18 @@ impl AdsServer {
 
     /// Connected clients, like `istioctl proxy-status`.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        let clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
+        let slots: Vec<Arc<Mutex<ClientInfo>>> = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|c| {
-                let mut c = c.clone();
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .map(|slot| {
+                let mut c = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 c.connected_secs = c.opened.map_or(0, |o| o.elapsed().as_secs());
                 c
             })
@@ -289,36 +298,38 @@ impl AdsServer {
 }
 
 impl Inner {
-    fn open(&self, variant: &'static str, peer: String) -> (u64, RateLimit) {
+    fn open(
+        &self,
+        variant: &'static str,
+        peer: String,
+    ) -> (u64, RateLimit, Arc<Mutex<ClientInfo>>) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .streams
             .get_or_create(&VariantLabel { variant })
             .inc();
+        let slot = Arc::new(Mutex::new(ClientInfo {
+            stream: id,
+            node_id: String::new(),
+            node_cluster: String::new(),
+            namespace: String::new(),
+            variant,
+            peer,
+            connected_secs: 0,
+            types: BTreeMap::new(),
+            opened: Some(Instant::now()),
+        }));
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                id,
-                ClientInfo {
-                    stream: id,
-                    node_id: String::new(),
-                    node_cluster: String::new(),
-                    namespace: String::new(),
-                    variant,
-                    peer,
-                    connected_secs: 0,
-                    types: BTreeMap::new(),
-                    opened: Some(Instant::now()),
-                },
-            );
+            .insert(id, slot.clone());
         let limit = RateLimit {
             tokens: self.config.request_burst as f64,
             burst: self.config.request_burst as f64,
             per_sec: self.config.requests_per_second as f64,
             at: Instant::now(),
         };
-        (id, limit)
+        (id, limit, slot)
     }
 
     fn close(&self, id: u64, variant: &'static str) {
@@ -332,28 +343,15 @@ impl Inner {
             .remove(&id);
     }
 
-    fn identify(&self, id: u64, node: Option<&EnvoyNode>, ns: &str) {
-        if let Some(c) = self
-            .clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&id)
-        {
-            c.node_id = node.map(|n| n.id.clone()).unwrap_or_default();
-            c.node_cluster = node.map(|n| n.cluster.clone()).unwrap_or_default();
-            c.namespace = ns.to_string();
-        }
+    fn identify(slot: &Mutex<ClientInfo>, node: Option<&EnvoyNode>, ns: &str) {
+        let mut c = slot.lock().unwrap_or_else(|p| p.into_inner());
+        c.node_id = node.map(|n| n.id.clone()).unwrap_or_default();
+        c.node_cluster = node.map(|n| n.cluster.clone()).unwrap_or_default();
+        c.namespace = ns.to_string();
     }
 
-    fn record(&self, id: u64, status: BTreeMap<&'static str, TypeStatus>) {
-        if let Some(c) = self
-            .clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&id)
-        {
-            c.types = status;
-        }
+    fn record(slot: &Mutex<ClientInfo>, status: BTreeMap<&'static str, TypeStatus>) {
+        slot.lock().unwrap_or_else(|p| p.into_inner()).types = status;
     }
 
     /// Runs `f` with this stream's view of the current state.
@@ -441,7 +439,7 @@ macro_rules! run_stream {
         let inner: Arc<Inner> = $inner;
         let mut incoming = $incoming;
         let tx = $tx;
-        let (id, mut limit) = inner.open($variant, $peer);
+        let (id, mut limit, slot) = inner.open($variant, $peer);
         let mut st = $state(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fastrand::u64(..));
         let mut ns: Option<String> = None;
         let mut generations = inner.generation.subscribe();
@@ -462,7 +460,7 @@ macro_rules! run_stream {
                     }
                     let namespace = ns.get_or_insert_with(|| {
                         let n = namespace_of(req.node.as_ref());
-                        inner.identify(id, req.node.as_ref(), &n);
+                        Inner::identify(&slot, req.node.as_ref(), &n);
                         n
                     }).clone();
                     let nacks_before = st.nacks;
@@ -485,7 +483,7 @@ macro_rules! run_stream {
                             break;
                         }
                     }
-                    inner.record(id, st.status());
+                    Inner::record(&slot, st.status());
                 }
                 changed = generations.changed() => {
                     if changed.is_err() { break; }
@@ -497,7 +495,7 @@ macro_rules! run_stream {
                         inner.count_push(&r.type_url, Some(&g));
                         if tx.send(Ok(r)).await.is_err() { break 'stream; }
                     }
-                    inner.record(id, st.status());
+                    Inner::record(&slot, st.status());
                 }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
             }
