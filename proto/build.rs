@@ -9,9 +9,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/meshreg/raft/v1/raft.proto",
         "proto/meshreg/cluster/v1/cluster.proto",
     ];
-    for p in &protos {
+    // Istio's MCP envelope and ServiceEntry, as meshreg serves them over
+    // MCP-over-xDS. Messages only (no services). `google.protobuf` maps to
+    // envoy-types' copy, so `Any` and `Timestamp` are the very types the ADS
+    // server puts in a DiscoveryResponse; maps are BTreeMaps so that encoding
+    // is deterministic and a hash of the bytes is a stable version.
+    let istio = [
+        "proto/istio/mcp/v1alpha1/resource.proto",
+        "proto/istio/networking/v1alpha3/service_entry.proto",
+        "proto/istio/networking/v1alpha3/workload_entry.proto",
+    ];
+    for p in protos.iter().chain(&istio) {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        // Turns off prost's default `.google.protobuf` → `prost_types`
+        // mapping, which would clash with the extern_path below; nothing
+        // under `google/` is generated because the whole package is extern.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::envoy_types::pb::google::protobuf")
+        .btree_map(".")
+        .compile_protos(&istio, &["proto"])?;
     Ok(())
 }

@@ -8,6 +8,12 @@
 //!   (`proto/meshreg/registry/v1/registry.proto`).
 //! - [`raft::v1`]: `meshreg.raft.v1`, peer traffic between cluster nodes.
 //! - [`cluster::v1`]: `meshreg.cluster.v1`, cluster administration.
+//! - [`istio::mcp::v1alpha1`] and [`istio::networking::v1alpha3`]: the MCP
+//!   `Resource`/`Metadata` envelope and `ServiceEntry`/`WorkloadEntry`,
+//!   meshreg's own wire-compatible subset of istio/api
+//!   (`proto/istio/`). `google.protobuf.Any`/`Timestamp` in them are
+//!   `envoy_types::pb::google::protobuf` types; maps are `BTreeMap`s, so
+//!   encoding is deterministic.
 
 /// `meshreg.registry.*` packages.
 pub mod registry {
@@ -33,5 +39,37 @@ pub mod cluster {
     #[allow(missing_docs, clippy::all, missing_debug_implementations)]
     pub mod v1 {
         tonic::include_proto!("meshreg.cluster.v1");
+    }
+}
+
+/// `istio.*` packages: the subset of istio/api that meshreg serves over
+/// MCP-over-xDS (docs/mcp.md).
+pub mod istio {
+    /// `istio.mcp.*` packages.
+    pub mod mcp {
+        /// `istio.mcp.v1alpha1`: `Resource` and `Metadata`, the MCP envelope
+        /// (`proto/istio/mcp/v1alpha1/resource.proto`).
+        #[allow(missing_docs, clippy::all, missing_debug_implementations)]
+        pub mod v1alpha1 {
+            tonic::include_proto!("istio.mcp.v1alpha1");
+
+            /// Type URL of [`Resource`] inside a `google.protobuf.Any`.
+            pub const RESOURCE_TYPE_URL: &str = "type.googleapis.com/istio.mcp.v1alpha1.Resource";
+        }
+    }
+
+    /// `istio.networking.*` packages.
+    pub mod networking {
+        /// `istio.networking.v1alpha3`: `ServiceEntry`, `ServicePort`,
+        /// `WorkloadEntry`, `WorkloadSelector`
+        /// (`proto/istio/networking/v1alpha3/`).
+        #[allow(missing_docs, clippy::all, missing_debug_implementations)]
+        pub mod v1alpha3 {
+            tonic::include_proto!("istio.networking.v1alpha3");
+
+            /// Type URL of [`ServiceEntry`] inside a `google.protobuf.Any`.
+            pub const SERVICE_ENTRY_TYPE_URL: &str =
+                "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry";
+        }
     }
 }

@@ -372,3 +372,126 @@ async fn bad_requests_end_only_their_own_stream() {
         .text
         .contains("meshreg_xds_rejected_total 2"));
 }
+
+/// MCP-over-xDS as istiod consumes it: ServiceEntries wrapped in
+/// `istio.mcp.v1alpha1.Resource`, across namespaces, pushed on change;
+/// other Istio collections answered empty; MeshConfig ignored; a first
+/// request carrying a nonce from another server answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_service_entries_as_istiod_asks_for_them() {
+    use meshreg_proto::istio::mcp::v1alpha1::Resource as McpResource;
+    use meshreg_proto::istio::networking::v1alpha3::ServiceEntry;
+    const SE: &str = "networking.istio.io/v1alpha3/ServiceEntry";
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    register(&s, "pay", "10.0.0.1");
+    assert_eq!(s.post("/v1/namespaces", r#"{"name":"team-b"}"#).status, 201);
+    let r = s.post(
+        "/v1/namespaces/team-b/instances",
+        r#"{"app":"Order_Service","address":"10.0.2.1","ports":{"http":8080,"grpc":9090},"weight":250}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut st = c
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let istiod = |ty: &str, nonce: &str| ds::DiscoveryRequest {
+        node: Some(EnvoyNode {
+            id: "istiod-1".into(),
+            metadata: Some(Struct {
+                fields: HashMap::from([(
+                    "NAMESPACE".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue("istio-system".into())),
+                    },
+                )]),
+            }),
+            ..Default::default()
+        }),
+        type_url: ty.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    let decode = |r: &ds::DiscoveryResponse| -> Vec<(String, ServiceEntry)> {
+        r.resources
+            .iter()
+            .map(|a| {
+                assert_eq!(
+                    a.type_url,
+                    "type.googleapis.com/istio.mcp.v1alpha1.Resource"
+                );
+                let res = McpResource::decode(a.value.as_slice()).unwrap();
+                let body = res.body.unwrap();
+                (
+                    res.metadata.unwrap().name,
+                    ServiceEntry::decode(body.value.as_slice()).unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    // First request with a nonce from a previous server: answered.
+    tx.send(istiod(SE, "nonce-from-another-server"))
+        .await
+        .unwrap();
+    let r = next_sotw(&mut st).await.expect("ServiceEntries");
+    assert_eq!(r.type_url, SE);
+    let entries = decode(&r);
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"default/pay"), "{names:?}");
+    let (_, order) = entries
+        .iter()
+        .find(|(n, _)| n.starts_with("team-b/"))
+        .unwrap();
+    assert_eq!(order.ports.len(), 2, "every port, not only the first");
+    assert_eq!(order.endpoints[0].weight, 250, "weights are not truncated");
+    assert!(
+        order.hosts[0]
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'),
+        "{:?}",
+        order.hosts
+    );
+
+    // Other collections: one empty answer each; MeshConfig: none.
+    tx.send(istiod("networking.istio.io/v1alpha3/VirtualService", ""))
+        .await
+        .unwrap();
+    let e = next_sotw(&mut st).await.expect("empty answer");
+    assert_eq!(e.type_url, "networking.istio.io/v1alpha3/VirtualService");
+    assert!(e.resources.is_empty());
+    tx.send(istiod("core/v1alpha1/MeshConfig", ""))
+        .await
+        .unwrap();
+    let mut ack = istiod(SE, &r.nonce);
+    ack.version_info = r.version_info.clone();
+    tx.send(ack).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), st.next())
+            .await
+            .is_err(),
+        "MeshConfig and the ACK get no response"
+    );
+
+    // A new application is pushed as a new complete set.
+    register(&s, "bill", "10.0.1.1");
+    let r2 = next_sotw(&mut st).await.expect("push");
+    assert_eq!(r2.type_url, SE);
+    assert_eq!(decode(&r2).len(), 3);
+}
+
+async fn next_sotw(st: &mut Streaming<ds::DiscoveryResponse>) -> Option<ds::DiscoveryResponse> {
+    tokio::time::timeout(Duration::from_secs(5), st.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.expect("not an error"))
+}

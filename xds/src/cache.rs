@@ -194,15 +194,22 @@ impl ResourceCache {
             return;
         }
         let touched: BTreeSet<&str> = changes.namespaces.keys().map(String::as_str).collect();
-        self.wildcard
-            .retain(|(ns, _), _| !touched.contains(ns.as_str()));
+        self.wildcard.retain(|(ns, ty), _| {
+            !touched.contains(ns.as_str()) && *ty != ResourceType::ServiceEntry
+        });
+        // Resources spanning namespaces are cached under each stream's namespace.
+        for types in self.entries.values_mut() {
+            for names in types.values_mut() {
+                names.retain(|_, e| e.dep != Dependency::Everything);
+            }
+        }
         for (ns, c) in &changes.namespaces {
             let Some(types) = self.entries.get_mut(ns) else {
                 continue;
             };
             for names in types.values_mut() {
                 names.retain(|_, e| match &e.dep {
-                    Dependency::Namespace => false,
+                    Dependency::Namespace | Dependency::Everything => false,
                     Dependency::App(a) => !c.apps.contains(a),
                     Dependency::Service(s) => !c.services.contains(s),
                 });

@@ -2,8 +2,10 @@
 //! resources and serves them over ADS, state-of-the-world and delta, to
 //! proxyless gRPC clients, Envoy-style sidecars and the SDK.
 //!
-//! It does not serve MCP (the `meshreg-mcp` crate) and has no sidecar
-//! listener model yet (the proxy's inbound/outbound listeners).
+//! The same ADS server is an MCP-over-xDS source for istiod: it serves
+//! `networking.istio.io/v1alpha3/ServiceEntry` ([`mcp`]). It does not consume
+//! other registries (MCP sink, adapters) and has no sidecar listener model
+//! yet (the proxy's inbound/outbound listeners).
 //!
 //! Layout:
 //! - [`resources`]: resource types, names and the translation (docs/xds.md).
@@ -11,9 +13,11 @@
 //! - [`protocol`]: the per-stream SotW and delta protocol, sans I/O.
 //! - [`server`]: the ADS server, debouncer, client list and metrics.
 //! - [`config`]: the `[xds]` settings.
+//! - [`mcp`]: the registry view as Istio ServiceEntries for MCP-over-xDS (docs/mcp.md).
 
 pub mod cache;
 pub mod config;
+pub mod mcp;
 pub mod protocol;
 pub mod resources;
 pub mod server;

@@ -37,8 +37,41 @@ pub trait View {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// The type URL is not one meshreg serves.
-    #[error("unsupported type_url {0:?}: meshreg serves Listener, RouteConfiguration, Cluster and ClusterLoadAssignment (envoy v3)")]
+    #[error("unsupported type_url {0:?}: meshreg serves Listener, RouteConfiguration, Cluster and ClusterLoadAssignment (envoy v3), and networking.istio.io/v1alpha3/ServiceEntry (MCP); other Istio collections get an empty response")]
     UnknownType(String),
+}
+
+/// How a stream treats a requested type URL.
+enum Kind {
+    /// One of the types meshreg serves.
+    Served(ResourceType),
+    /// Another Istio config collection (`<group>/<version>/<Kind>`, as an
+    /// MCP sink such as istiod asks for): answered with an empty response.
+    Empty,
+    /// `core/v1alpha1/MeshConfig`: never answered (istiod owns it).
+    Ignored,
+}
+
+fn classify(url: &str) -> Result<Kind, ProtocolError> {
+    if let Some(ty) = ResourceType::from_url(url) {
+        return Ok(Kind::Served(ty));
+    }
+    if url == crate::mcp::MESH_CONFIG_TYPE {
+        return Ok(Kind::Ignored);
+    }
+    let parts: Vec<&str> = url.split('/').collect();
+    let collection = !url.starts_with("type.googleapis.com/")
+        && parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        });
+    if collection {
+        Ok(Kind::Empty)
+    } else {
+        Err(ProtocolError::UnknownType(url.to_string()))
+    }
 }
 
 /// What a stream's client last did with a type, for `/v1/xds/clients`.
@@ -129,6 +162,7 @@ struct SotwSub {
 #[derive(Debug)]
 pub struct SotwStream {
     types: BTreeMap<ResourceType, SotwSub>,
+    empty_answered: BTreeSet<String>,
     nonces: Nonces,
     /// NACKs received.
     pub nacks: u64,
@@ -139,6 +173,7 @@ impl SotwStream {
     pub fn new(id: u64) -> Self {
         Self {
             types: BTreeMap::new(),
+            empty_answered: BTreeSet::new(),
             nonces: Nonces {
                 prefix: format!("{id:x}"),
                 next: 0,
@@ -156,8 +191,22 @@ impl SotwStream {
         req: &ds::DiscoveryRequest,
         view: &mut dyn View,
     ) -> Result<Vec<ds::DiscoveryResponse>, ProtocolError> {
-        let ty = ResourceType::from_url(&req.type_url)
-            .ok_or_else(|| ProtocolError::UnknownType(req.type_url.clone()))?;
+        let ty = match classify(&req.type_url)? {
+            Kind::Served(ty) => ty,
+            Kind::Ignored => return Ok(Vec::new()),
+            Kind::Empty => {
+                if !req.response_nonce.is_empty() && self.empty_answered.contains(&req.type_url) {
+                    return Ok(Vec::new());
+                }
+                self.empty_answered.insert(req.type_url.clone());
+                return Ok(vec![ds::DiscoveryResponse {
+                    version_info: "empty".into(),
+                    type_url: req.type_url.clone(),
+                    nonce: self.nonces.take(),
+                    ..Default::default()
+                }]);
+            }
+        };
         let s = self.types.entry(ty).or_default();
         let first = !s.sub.started;
         s.sub.started = true;
@@ -279,6 +328,7 @@ struct DeltaSub {
 #[derive(Debug)]
 pub struct DeltaStream {
     types: BTreeMap<ResourceType, DeltaSub>,
+    empty_answered: BTreeSet<String>,
     nonces: Nonces,
     /// NACKs received.
     pub nacks: u64,
@@ -289,6 +339,7 @@ impl DeltaStream {
     pub fn new(id: u64) -> Self {
         Self {
             types: BTreeMap::new(),
+            empty_answered: BTreeSet::new(),
             nonces: Nonces {
                 prefix: format!("{id:x}"),
                 next: 0,
@@ -306,8 +357,22 @@ impl DeltaStream {
         req: &ds::DeltaDiscoveryRequest,
         view: &mut dyn View,
     ) -> Result<Vec<ds::DeltaDiscoveryResponse>, ProtocolError> {
-        let ty = ResourceType::from_url(&req.type_url)
-            .ok_or_else(|| ProtocolError::UnknownType(req.type_url.clone()))?;
+        let ty = match classify(&req.type_url)? {
+            Kind::Served(ty) => ty,
+            Kind::Ignored => return Ok(Vec::new()),
+            Kind::Empty => {
+                if !req.response_nonce.is_empty() && self.empty_answered.contains(&req.type_url) {
+                    return Ok(Vec::new());
+                }
+                self.empty_answered.insert(req.type_url.clone());
+                return Ok(vec![ds::DeltaDiscoveryResponse {
+                    system_version_info: "empty".into(),
+                    type_url: req.type_url.clone(),
+                    nonce: self.nonces.take(),
+                    ..Default::default()
+                }]);
+            }
+        };
         let d = self.types.entry(ty).or_default();
         let first = !d.sub.started;
         if first {

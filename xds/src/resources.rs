@@ -43,15 +43,20 @@ pub enum ResourceType {
     Listener,
     /// `envoy.config.route.v3.RouteConfiguration`.
     Route,
+    /// `networking.istio.io/v1alpha3/ServiceEntry` over MCP-over-xDS
+    /// (each resource an `istio.mcp.v1alpha1.Resource`; see docs/mcp.md).
+    /// Its names are `<namespace>/<app>` across all namespaces.
+    ServiceEntry,
 }
 
 impl ResourceType {
     /// All types, in push order.
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::ServiceEntry,
     ];
 
     /// The type URL.
@@ -63,6 +68,7 @@ impl ResourceType {
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ResourceType::ServiceEntry => crate::mcp::SERVICE_ENTRY_TYPE,
         }
     }
 
@@ -78,13 +84,17 @@ impl ResourceType {
             ResourceType::Endpoint => "EDS",
             ResourceType::Listener => "LDS",
             ResourceType::Route => "RDS",
+            ResourceType::ServiceEntry => "MCP",
         }
     }
 
     /// Listener and Cluster: a SotW response carries the whole set, and an
     /// empty subscription is a wildcard.
     pub fn is_sotw_complete(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+        matches!(
+            self,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::ServiceEntry
+        )
     }
 }
 
@@ -194,12 +204,24 @@ pub fn all_targets(reg: &Registry, ns: &str) -> BTreeSet<Target> {
 }
 
 /// The names of every resource of `ty` in a namespace (wildcard set).
+/// ServiceEntries span every namespace.
 pub fn all_names(reg: &Registry, ns: &str, ty: ResourceType) -> Vec<String> {
+    if ty == ResourceType::ServiceEntry {
+        return reg
+            .namespaces()
+            .iter()
+            .flat_map(|n| {
+                crate::mcp::build_all(reg, &n.name)
+                    .into_iter()
+                    .map(|(name, _)| name)
+            })
+            .collect();
+    }
     all_targets(reg, ns)
         .into_iter()
         .map(|t| match ty {
             ResourceType::Cluster | ResourceType::Endpoint => t.cluster_name(ns),
-            ResourceType::Listener | ResourceType::Route => match t {
+            ResourceType::Listener | ResourceType::Route | ResourceType::ServiceEntry => match t {
                 Target::App { app, port } => format!("{app}.{ns}:{port}"),
                 Target::Service { service } => service,
             },
@@ -446,13 +468,30 @@ pub enum Dependency {
     Service(String),
     /// Any change in the namespace (resources that do not exist yet).
     Namespace,
+    /// Any change anywhere (resources spanning namespaces).
+    Everything,
 }
 
 /// Builds resource `name` of type `ty` in namespace `ns`, or `None` when it
 /// does not exist. Returns what it depends on either way.
 pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<Any>, Dependency) {
+    if ty == ResourceType::ServiceEntry {
+        let prefix = name.split_once('/').map(|(p, _)| p);
+        let any = reg
+            .namespaces()
+            .iter()
+            .filter(|n| {
+                prefix.is_none_or(|p| {
+                    crate::mcp::resource_name(&n.name, "x").starts_with(&format!("{p}/"))
+                })
+            })
+            .find_map(|n| crate::mcp::build_one(reg, &n.name, name));
+        return (any, Dependency::Everything);
+    }
     let target = match ty {
-        ResourceType::Listener | ResourceType::Route => listener_target(reg, ns, name),
+        ResourceType::Listener | ResourceType::Route | ResourceType::ServiceEntry => {
+            listener_target(reg, ns, name)
+        }
         ResourceType::Cluster | ResourceType::Endpoint => cluster_target(reg, ns, name),
     };
     let Some(target) = target else {
@@ -467,6 +506,7 @@ pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<
         ResourceType::Route => route(name, &target.cluster_name(ns)),
         ResourceType::Cluster => cluster(name),
         ResourceType::Endpoint => load_assignment(name, &endpoints(reg, ns, &target)),
+        ResourceType::ServiceEntry => return (None, Dependency::Everything),
     };
     (Some(any), dep)
 }
