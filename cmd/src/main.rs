@@ -12,6 +12,7 @@ use meshreg_registry::config::Config;
 use meshreg_registry::server::{self, Listeners};
 use meshreg_xds::config::XdsConfig;
 use meshreg_xds::server::AdsServer;
+use meshreg_xds::sink::{McpSource, Sinks};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,9 +69,9 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// The registry's config and the `[xds]` section.
-    fn config(&self) -> anyhow::Result<(Config, XdsConfig)> {
-        let (mut c, xds) = match &self.config {
+    /// The registry's config, the `[xds]` section and the `[[sources]]`.
+    fn config(&self) -> anyhow::Result<(Config, XdsConfig, Vec<McpSource>)> {
+        let (mut c, xds, sources) = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
@@ -82,13 +83,29 @@ impl ServerArgs {
                     })?,
                     None => XdsConfig::default(),
                 };
+                let sources: Vec<McpSource> = match table.remove("sources") {
+                    Some(v) => v.try_into().map_err(|e| {
+                        anyhow::anyhow!("invalid [[sources]] in {}: {e}", p.display())
+                    })?,
+                    None => Vec::new(),
+                };
                 let c: Config = toml::Value::Table(table)
                     .try_into()
                     .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?;
-                (c, xds)
+                (c, xds, sources)
             }
-            None => (Config::default(), XdsConfig::default()),
+            None => (Config::default(), XdsConfig::default(), Vec::new()),
         };
+        for s in &sources {
+            anyhow::ensure!(
+                s.kind == "mcp",
+                "invalid [[sources]] {:?}: kind {:?} is not supported (supported: mcp)",
+                s.name,
+                s.kind
+            );
+            meshreg_registry::model::validate::name("sources.name", &s.name, 63)
+                .map_err(|e| anyhow::anyhow!("invalid [[sources]]: {e}"))?;
+        }
         if let Some(v) = self.node_id {
             c.node_id = v;
         }
@@ -111,7 +128,7 @@ impl ServerArgs {
             c.enable_fault_injection = true;
         }
         c.validate()?;
-        Ok((c, xds))
+        Ok((c, xds, sources))
     }
 }
 
@@ -147,7 +164,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let (config, xds_config) = args.config()?;
+    let (config, xds_config, sources) = args.config()?;
     let config = Arc::new(config);
     let listeners = Listeners::bind(&config).await?;
     let http = listeners.http.local_addr()?;
@@ -156,9 +173,13 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let extend = move |node: &Arc<meshreg_registry::node::Node>| {
         let ads = AdsServer::start(node.clone(), xds_config);
+        let sinks = Sinks::start(node.clone(), sources).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "MCP sources not started");
+            Sinks::default()
+        });
         server::Extension {
             grpc: tonic::service::Routes::new(ads.service()),
-            http: ads.http_router(),
+            http: ads.http_router().merge(sinks.http_router()),
         }
     };
     server::run_with(config.clone(), listeners, shutdown_signal(), extend, |node| {

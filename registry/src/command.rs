@@ -38,6 +38,17 @@ pub enum Command {
         /// Time to live in milliseconds.
         ttl_ms: u64,
     },
+    /// Replace everything an external source contributed with `records`
+    /// (state of the world per source): records are created or replaced,
+    /// the source's instances missing from them are removed. Instances
+    /// registered natively or imported by another source are never
+    /// touched: a record colliding with one is skipped and reported.
+    SyncSource {
+        /// Source name; every record's provenance names it.
+        source: String,
+        /// The source's whole current set, validated.
+        records: Vec<Registration>,
+    },
     /// Revoke sessions and remove their instances: proposed by a client, or
     /// by the leader, batched, when sessions expire.
     RevokeSessions {
@@ -56,6 +67,7 @@ impl Command {
             Command::Deregister { .. } => "deregister",
             Command::GrantSession { .. } => "grant_session",
             Command::RevokeSessions { .. } => "revoke_sessions",
+            Command::SyncSource { .. } => "sync_source",
         }
     }
 }
@@ -82,6 +94,17 @@ pub enum CommandResponse {
     },
     /// The command was rejected against the current state; nothing changed.
     Rejected(Error),
+    /// A source sync was applied.
+    Synced {
+        /// Registry revision after the sync.
+        revision: u64,
+        /// Instances created or changed.
+        upserted: u32,
+        /// Instances removed.
+        removed: u32,
+        /// Records not applied: (instance key, reason).
+        skipped: Vec<(String, String)>,
+    },
     /// A blank or membership entry.
     Noop,
 }

@@ -211,6 +211,11 @@ impl Node {
         Some((id, node))
     }
 
+    /// True while this node is the Raft leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader_term().is_some()
+    }
+
     fn leader_term(&self) -> Option<u64> {
         let m = self.raft_metrics();
         (m.state == ServerState::Leader && m.current_leader == Some(self.id))

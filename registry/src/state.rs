@@ -85,6 +85,8 @@ pub struct Registry {
     next_session_id: u64,
     index: Index,
     feed: Feed,
+    /// Ordinals of the instances each external source contributed.
+    by_source: HashMap<String, RoaringBitmap>,
 }
 
 impl Registry {
@@ -102,6 +104,7 @@ impl Registry {
             next_session_id: 1,
             index: Index::new(),
             feed: Feed::new(feed_capacity, 0),
+            by_source: HashMap::new(),
         }
     }
 
@@ -147,6 +150,21 @@ impl Registry {
                 };
             }
             Command::RevokeSessions { ids } => Ok(self.revoke_sessions(ids, rev)),
+            Command::SyncSource { source, records } => {
+                let (upserted, removed, skipped) = self.sync_source(source, records, rev);
+                let revision = if upserted + removed > 0 {
+                    self.revision = rev;
+                    rev
+                } else {
+                    self.revision
+                };
+                return CommandResponse::Synced {
+                    revision,
+                    upserted,
+                    removed,
+                    skipped,
+                };
+            }
         };
         match result {
             Ok(0) if !change_without_instances => CommandResponse::Applied {
@@ -367,6 +385,7 @@ impl Registry {
             (Some(ord), Some(old)) => {
                 let old_services = self.services_of(&old);
                 self.index.remove(ord, &old, &old_services);
+                self.track_source(&old, ord, false);
                 if let Some(s) = old.session.and_then(|s| self.sessions.get_mut(&s)) {
                     s.members.remove(ord);
                 }
@@ -396,6 +415,7 @@ impl Registry {
         };
         self.slots[ord as usize] = Some(stored.clone());
         self.index.insert(ord, &stored, &services);
+        self.track_source(&stored, ord, true);
         if let Some(s) = stored.session.and_then(|s| self.sessions.get_mut(&s)) {
             s.members.insert(ord);
         }
@@ -419,6 +439,7 @@ impl Registry {
         };
         let services = self.services_of(&old);
         self.index.remove(ord, &old, &services);
+        self.track_source(&old, ord, false);
         if let Some(s) = old.session.and_then(|s| self.sessions.get_mut(&s)) {
             s.members.remove(ord);
         }
@@ -453,6 +474,93 @@ impl Registry {
             }
         }
         n
+    }
+
+    fn sync_source(
+        &mut self,
+        source: &str,
+        records: &[Registration],
+        rev: u64,
+    ) -> (u32, u32, Vec<(String, String)>) {
+        let mut skipped = Vec::new();
+        let mut keep: std::collections::HashSet<InstanceKey> = std::collections::HashSet::new();
+        let mut upserted = 0;
+        for r in records {
+            let inst = &r.instance;
+            let key = inst.key();
+            let why = if inst.provenance.as_ref().map(|p| p.source.as_str()) != Some(source) {
+                Some("its provenance does not name this source".to_string())
+            } else if !self.namespaces.contains_key(&inst.namespace) {
+                Some(format!("namespace {:?} does not exist", inst.namespace))
+            } else if let Some(existing) = self.get(&key) {
+                match existing.provenance.as_ref().map(|p| p.source.as_str()) {
+                    Some(s) if s == source => None,
+                    Some(other) => Some(format!("instance owned by source {other:?}")),
+                    None => Some("instance registered natively".to_string()),
+                }
+            } else {
+                None
+            };
+            let why = why.or_else(|| {
+                let existing = self
+                    .namespaces
+                    .get(&inst.namespace)
+                    .and_then(|n| n.apps.get(&inst.app))
+                    .and_then(|a| a.revisions.get(&inst.revision));
+                existing.filter(|e| *e.services != *r.services).map(|_| {
+                    format!(
+                        "revision {:?} is registered with other services",
+                        inst.revision
+                    )
+                })
+            });
+            if let Some(why) = why {
+                skipped.push((key.to_string(), why));
+                continue;
+            }
+            if self.upsert(r, rev) {
+                upserted += 1;
+            }
+            keep.insert(key);
+        }
+        let owned: Vec<u32> = self
+            .by_source
+            .get(source)
+            .map(|b| b.iter().collect())
+            .unwrap_or_default();
+        let mut removed = 0;
+        for ord in owned {
+            let gone = self.slots[ord as usize]
+                .as_ref()
+                .is_some_and(|i| !keep.contains(&i.key()));
+            if gone && self.remove_ordinal(ord, rev) {
+                removed += 1;
+            }
+        }
+        (upserted, removed, skipped)
+    }
+
+    fn track_source(&mut self, inst: &Instance, ord: u32, add: bool) {
+        let Some(p) = &inst.provenance else { return };
+        if add {
+            self.by_source
+                .entry(p.source.clone())
+                .or_default()
+                .insert(ord);
+        } else if let Some(b) = self.by_source.get_mut(&p.source) {
+            b.remove(ord);
+            if b.is_empty() {
+                self.by_source.remove(&p.source);
+            }
+        }
+    }
+
+    /// Instances each external source contributed.
+    pub fn source_counts(&self) -> BTreeMap<String, u64> {
+        self.by_source
+            .iter()
+            .map(|(s, b)| (s.clone(), b.len()))
+            .collect()
     }
 
     fn revoke_sessions(&mut self, ids: &[u64], rev: u64) -> u32 {
@@ -712,6 +820,7 @@ impl Registry {
             let ord = u32::try_from(reg.slots.len()).expect("fewer than 2^32 instances");
             let services = reg.services_of(&inst);
             reg.index.insert(ord, &inst, &services);
+            reg.track_source(&inst, ord, true);
             if let Some(s) = inst.session.and_then(|s| reg.sessions.get_mut(&s)) {
                 s.members.insert(ord);
             }

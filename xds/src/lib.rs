@@ -11,6 +11,7 @@
 //! - [`resources`]: resource types, names and the translation (docs/xds.md).
 //! - [`cache`]: built resources shared by all streams, invalidated per app/service.
 //! - [`protocol`]: the per-stream SotW and delta protocol, sans I/O.
+//! - [`sink`]: the MCP sink: another MCP source's ServiceEntries as that source's records.
 //! - [`server`]: the ADS server, debouncer, client list and metrics.
 //! - [`config`]: the `[xds]` settings.
 //! - [`mcp`]: the registry view as Istio ServiceEntries for MCP-over-xDS (docs/mcp.md).
@@ -21,3 +22,4 @@ pub mod mcp;
 pub mod protocol;
 pub mod resources;
 pub mod server;
+pub mod sink;

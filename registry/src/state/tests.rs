@@ -418,3 +418,85 @@ proptest! {
         }
     }
 }
+
+fn from_source(source: &str, app: &str, id: &str) -> Registration {
+    let mut s = spec(app, id, &[]);
+    s.provenance = Some(crate::model::Provenance {
+        source: source.into(),
+        source_key: format!("{app}/{id}"),
+        ..Default::default()
+    });
+    reg_of(s)
+}
+
+#[test]
+fn source_syncs_are_state_of_the_world_per_source() {
+    let mut r = Registry::new(100);
+    register(&mut r, vec![spec("pay", "native", &[])]);
+    let sync = |r: &mut Registry, source: &str, records: Vec<Registration>| match r.apply(
+        &Command::SyncSource {
+            source: source.into(),
+            records,
+        },
+    ) {
+        CommandResponse::Synced {
+            upserted,
+            removed,
+            skipped,
+            ..
+        } => (upserted, removed, skipped.len()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        sync(
+            &mut r,
+            "a",
+            vec![from_source("a", "pay", "a1"), from_source("a", "pay", "a2")]
+        ),
+        (2, 0, 0)
+    );
+    assert_eq!(
+        sync(&mut r, "b", vec![from_source("b", "bill", "b1")]),
+        (1, 0, 0)
+    );
+    // Same set again: nothing changes, no revision used.
+    let rev = r.revision();
+    assert_eq!(
+        sync(
+            &mut r,
+            "a",
+            vec![from_source("a", "pay", "a1"), from_source("a", "pay", "a2")]
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(r.revision(), rev);
+    // a2 missing from a's next set: removed; b's and the native instance stay.
+    assert_eq!(
+        sync(&mut r, "a", vec![from_source("a", "pay", "a1")]),
+        (0, 1, 0)
+    );
+    // Collisions with a native instance or another source are skipped.
+    assert_eq!(
+        sync(
+            &mut r,
+            "a",
+            vec![
+                from_source("a", "pay", "a1"),
+                from_source("a", "pay", "native"),
+                from_source("a", "bill", "b1")
+            ]
+        ),
+        (0, 0, 2)
+    );
+    let ids: Vec<String> = r
+        .list("default", &Selector::default())
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(ids, vec!["b1", "a1", "native"]);
+    assert_eq!(r.source_counts().get("a"), Some(&1));
+    // Ownership survives a snapshot rebuild.
+    let mut r2 = Registry::from_snapshot(r.to_snapshot(), 10);
+    assert_eq!(sync(&mut r2, "a", vec![]), (0, 1, 0));
+    assert_eq!(r2.instance_count(), 2);
+}

@@ -1,0 +1,95 @@
+//! One meshreg consuming another's ServiceEntries over MCP-over-xDS: the
+//! records appear with their provenance, follow deregistrations (state of
+//! the world per source), never touch native registrations, and records for
+//! an unknown namespace are quarantined and reported in `/v1/sources`.
+
+use std::time::Duration;
+
+use meshreg_tests::{eventually, Server};
+use serde_json::Value;
+
+fn instances(s: &Server, q: &str) -> Vec<Value> {
+    s.get(&format!("/v1/namespaces/default/instances{q}"))
+        .json()["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_meshreg_imports_another_meshreg_over_mcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(&dir.path().join("a"), &[]).unwrap();
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        let body = format!(
+            r#"{{"app":"pay","address":"{ip}","ports":{{"grpc":9090}},"labels":{{"version":"v1"}},"locality":{{"region":"r","zone":"z1"}},"weight":300,"services":[{{"name":"pay.Api","protocol":"grpc"}}]}}"#
+        );
+        assert_eq!(
+            a.post("/v1/namespaces/default/instances", &body).status,
+            200
+        );
+    }
+    assert_eq!(a.post("/v1/namespaces", r#"{"name":"team-b"}"#).status, 201);
+    let r = a.post(
+        "/v1/namespaces/team-b/instances",
+        r#"{"app":"bill","address":"10.0.9.1","ports":{"http":80}}"#,
+    );
+    assert_eq!(r.status, 200);
+
+    let cfg = dir.path().join("b.toml");
+    let upstream = a.grpc.trim_start_matches("http://");
+    std::fs::write(
+        &cfg,
+        format!("[[sources]]\nname = \"upstream\"\naddress = \"{upstream}\"\n"),
+    )
+    .unwrap();
+    let b = Server::start(&dir.path().join("b"), &["--config", cfg.to_str().unwrap()]).unwrap();
+    let native = r#"{"app":"pay","address":"10.1.0.1","ports":{"grpc":9090}}"#;
+    assert_eq!(
+        b.post("/v1/namespaces/default/instances", native).status,
+        200
+    );
+
+    let imported = eventually(Duration::from_secs(20), || {
+        instances(&b, "?app=pay").len() == 3
+    });
+    assert!(imported, "B: {:?}", instances(&b, "?app=pay"));
+    let one = instances(&b, "?app=pay&zone=z1");
+    assert_eq!(one.len(), 2, "locality and labels came along: {one:?}");
+    assert_eq!(one[0]["provenance"]["source"], "upstream");
+    assert_eq!(one[0]["weight"], 300);
+    assert_eq!(one[0]["labels"]["version"], "v1");
+    let resolved = b.get("/v1/namespaces/default/services/pay.Api").json();
+    assert_eq!(
+        resolved["apps"],
+        serde_json::json!(["pay"]),
+        "services came along"
+    );
+
+    let st = b.get("/v1/sources").json();
+    let src = &st["sources"][0];
+    assert_eq!(src["name"], "upstream");
+    assert_eq!(src["state"], "synced");
+    let q = src["quarantined"].to_string();
+    assert!(q.contains("team-b") && q.contains("does not exist"), "{q}");
+
+    // A deregistration upstream removes the record downstream, only it.
+    assert_eq!(
+        a.delete("/v1/namespaces/default/instances/pay/10.0.0.1:9090")
+            .status,
+        200
+    );
+    let gone = eventually(Duration::from_secs(20), || {
+        instances(&b, "?app=pay").len() == 2
+    });
+    assert!(gone, "B: {:?}", instances(&b, "?app=pay"));
+    let ids: Vec<String> = instances(&b, "?app=pay")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["10.0.0.2:9090", "10.1.0.1:9090"],
+        "the native instance stays"
+    );
+}

@@ -1,0 +1,360 @@
+//! MCP sink: consumes the ServiceEntries of any MCP-over-xDS source
+//! (another meshreg, Nacos's MCP server, the bridge) and writes them
+//! through Raft as that source's records, with state-of-the-world
+//! semantics per source: a ServiceEntry or endpoint missing from a
+//! response is deleted for that source only, and native registrations or
+//! other sources' records are never touched (a colliding record is
+//! skipped and reported). Each source runs on the leader only and moves
+//! with leadership; it reconnects with capped exponential backoff and
+//! jitter. Invalid records are quarantined with the reason and never block
+//! the rest (`GET /v1/sources`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
+use envoy_types::pb::envoy::service::discovery::v3 as ds;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshreg_proto::istio::mcp::v1alpha1::Resource as McpResource;
+use meshreg_proto::istio::networking::v1alpha3::ServiceEntry;
+use meshreg_registry::command::{Command, CommandResponse};
+use meshreg_registry::model::{
+    validate, InstanceSpec, Locality, Provenance, Registration, ServiceDef,
+};
+use meshreg_registry::node::Node;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::mcp::{APP_ANNOTATION, NAMESPACE_ANNOTATION, SERVICES_ANNOTATION, SERVICE_ENTRY_TYPE};
+
+/// One MCP source (a `[[sources]]` entry of the server's TOML config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSource {
+    /// Name recorded as the provenance of every record it contributes.
+    pub name: String,
+    /// `kind = "mcp"`: an MCP-over-xDS server.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// `host:port` of the source's ADS endpoint.
+    pub address: String,
+    /// Source namespace → local namespace; unmapped namespaces keep their
+    /// name, and records for a namespace that does not exist here are
+    /// quarantined.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, String>,
+    /// Priority among sources. Today a record that collides with another
+    /// source's (or a native) instance is skipped whatever the priorities.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+fn default_kind() -> String {
+    "mcp".into()
+}
+
+/// What `GET /v1/sources` shows of one source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceStatus {
+    /// Source name.
+    pub name: String,
+    /// Source kind.
+    pub kind: String,
+    /// Its address.
+    pub address: String,
+    /// `standby` (not the leader), `connecting`, `syncing`, `synced` or `error`.
+    pub state: &'static str,
+    /// Unix time of the last applied sync, ms.
+    pub last_sync_ms: Option<u64>,
+    /// Records in the last response.
+    pub records: usize,
+    /// Totals applied since start.
+    pub upserted: u64,
+    /// Totals removed since start.
+    pub removed: u64,
+    /// Records of the last response not applied: (key, reason).
+    pub quarantined: Vec<(String, String)>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// The running sinks of a node.
+#[derive(Debug, Clone, Default)]
+pub struct Sinks {
+    status: Arc<Mutex<BTreeMap<String, SourceStatus>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Sinks {
+    /// Starts one task per source.
+    ///
+    /// # Errors
+    /// A source of an unsupported kind or with an invalid name.
+    pub fn start(node: Arc<Node>, sources: Vec<McpSource>) -> Result<Self, String> {
+        let sinks = Sinks::default();
+        for s in sources {
+            if s.kind != "mcp" {
+                return Err(format!(
+                    "source {:?}: kind {:?} is not supported (supported: mcp)",
+                    s.name, s.kind
+                ));
+            }
+            validate::name("sources.name", &s.name, 63).map_err(|e| e.to_string())?;
+            sinks.set(&s.name, |st| {
+                st.name = s.name.clone();
+                st.kind = s.kind.clone();
+                st.address = s.address.clone();
+                st.state = "standby";
+            });
+            tokio::spawn(run_source(node.clone(), s, sinks.clone()));
+        }
+        Ok(sinks)
+    }
+
+    fn set(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+        let mut m = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(m.entry(name.to_string()).or_default());
+    }
+
+    /// Every source's status.
+    pub fn status(&self) -> Vec<SourceStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// `GET /v1/sources`.
+    pub fn http_router(&self) -> axum::Router {
+        let me = self.clone();
+        axum::Router::new().route(
+            "/v1/sources",
+            axum::routing::get(move || {
+                let me = me.clone();
+                async move { axum::Json(serde_json::json!({ "sources": me.status() })) }
+            }),
+        )
+    }
+}
+
+async fn run_source(node: Arc<Node>, src: McpSource, sinks: Sinks) {
+    let mut shutdown = node.shutdown_signal();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if !node.is_leader() {
+            sinks.set(&src.name, |s| s.state = "standby");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        sinks.set(&src.name, |s| s.state = "connecting");
+        match sync_stream(&node, &src, &sinks).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(source = %src.name, error = %e, "MCP source failed; will retry");
+                sinks.set(&src.name, |s| {
+                    s.state = "error";
+                    s.last_error = Some(e);
+                });
+            }
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One connection: subscribe, apply each response, until leadership is
+/// lost (Ok) or the stream fails (Err).
+async fn sync_stream(node: &Arc<Node>, src: &McpSource, sinks: &Sinks) -> Result<(), String> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", src.address))
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", src.address))?;
+    let (tx, rx) = mpsc::channel(4);
+    let request = |version: String, nonce: String| ds::DiscoveryRequest {
+        node: Some(EnvoyNode {
+            id: format!("meshreg-sink-{}", node.id),
+            cluster: "meshreg".into(),
+            ..Default::default()
+        }),
+        version_info: version,
+        type_url: SERVICE_ENTRY_TYPE.into(),
+        response_nonce: nonce,
+        ..Default::default()
+    };
+    tx.send(request(String::new(), String::new()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("ADS stream to {}: {}", src.address, e.message()))?
+        .into_inner();
+    sinks.set(&src.name, |s| s.state = "syncing");
+    let mut leadership = tokio::time::interval(Duration::from_millis(300));
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err(format!("{} closed the stream", src.address)),
+                    Err(s) => return Err(format!("{}: {}", src.address, s.message())),
+                };
+                let (records, quarantined) = decode(node, src, &resp);
+                let n = records.len();
+                let applied = node
+                    .write_local(Command::SyncSource { source: src.name.clone(), records })
+                    .await;
+                match applied {
+                    Ok(CommandResponse::Synced { upserted, removed, skipped, .. }) => {
+                        sinks.set(&src.name, |s| {
+                            s.state = "synced";
+                            s.last_sync_ms = Some(now_ms());
+                            s.records = n + quarantined.len();
+                            s.upserted += u64::from(upserted);
+                            s.removed += u64::from(removed);
+                            s.quarantined = quarantined.into_iter().chain(skipped).collect();
+                            s.last_error = None;
+                        });
+                    }
+                    Ok(other) => return Err(format!("unexpected response to a sync: {other:?}")),
+                    Err(e) => return Err(format!("applying the sync: {e}")),
+                }
+                tx.send(request(resp.version_info.clone(), resp.nonce.clone())).await.map_err(|e| e.to_string())?;
+            }
+            _ = leadership.tick() => {
+                if !node.is_leader() {
+                    return Ok(());
+                }
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Turns a response into validated records, and quarantined (key, reason) pairs.
+fn decode(
+    node: &Node,
+    src: &McpSource,
+    resp: &ds::DiscoveryResponse,
+) -> (Vec<Registration>, Vec<(String, String)>) {
+    let mut records = Vec::new();
+    let mut quarantined = Vec::new();
+    let observed_at_ms = now_ms() as i64;
+    for (i, any) in resp.resources.iter().enumerate() {
+        let res = match McpResource::decode(any.value.as_slice()) {
+            Ok(r) => r,
+            Err(e) => {
+                quarantined.push((
+                    format!("resources[{i}]"),
+                    format!("not an istio.mcp.v1alpha1.Resource: {e}"),
+                ));
+                continue;
+            }
+        };
+        let meta = res.metadata.clone().unwrap_or_default();
+        let name = meta.name.clone();
+        let Some(body) = res.body.as_ref() else {
+            quarantined.push((name, "resource has no body".into()));
+            continue;
+        };
+        let se = match ServiceEntry::decode(body.value.as_slice()) {
+            Ok(se) => se,
+            Err(e) => {
+                quarantined.push((name, format!("body is not a ServiceEntry: {e}")));
+                continue;
+            }
+        };
+        let (remote_ns, base) = name.split_once('/').unwrap_or(("default", name.as_str()));
+        let remote_ns = meta
+            .annotations
+            .get(NAMESPACE_ANNOTATION)
+            .map_or(remote_ns, String::as_str);
+        let app = meta
+            .annotations
+            .get(APP_ANNOTATION)
+            .map_or(base, String::as_str)
+            .to_string();
+        let ns = src
+            .namespaces
+            .get(remote_ns)
+            .cloned()
+            .unwrap_or_else(|| remote_ns.to_string());
+        if !node.shared().read().registry.has_namespace(&ns) {
+            quarantined.push((
+                name.clone(),
+                format!(
+                    "namespace {ns:?} does not exist here; map it in the source's `namespaces`"
+                ),
+            ));
+            continue;
+        }
+        let services: Vec<ServiceDef> = meta
+            .annotations
+            .get(SERVICES_ANNOTATION)
+            .map(|list| {
+                list.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| ServiceDef {
+                        name: s.to_string(),
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for we in &se.endpoints {
+            let mut ports: BTreeMap<String, u32> = we.ports.clone().into_iter().collect();
+            if ports.is_empty() {
+                for p in &se.ports {
+                    ports.insert(p.name.clone(), p.number);
+                }
+            }
+            let mut parts = we.locality.splitn(3, '/');
+            let spec = InstanceSpec {
+                namespace: ns.clone(),
+                app: app.clone(),
+                address: we.address.clone(),
+                ports,
+                labels: we.labels.clone().into_iter().collect(),
+                weight: we.weight,
+                locality: Locality {
+                    region: parts.next().unwrap_or_default().to_string(),
+                    zone: parts.next().unwrap_or_default().to_string(),
+                    subzone: parts.next().unwrap_or_default().to_string(),
+                },
+                services: services.clone(),
+                provenance: Some(Provenance {
+                    source: src.name.clone(),
+                    source_key: format!("{name}#{}", we.address),
+                    observed_revision: meta.version.clone(),
+                    observed_at_ms,
+                }),
+                ..Default::default()
+            };
+            match validate::registration(&format!("{name}#{}", we.address), spec) {
+                Ok(r) => records.push(r),
+                Err(e) => quarantined.push((format!("{name}#{}", we.address), e.to_string())),
+            }
+        }
+    }
+    (records, quarantined)
+}
