@@ -160,6 +160,13 @@ enum CtlCmd {
         #[arg(long, env = "MESHREG_HTTP", default_value = "http://127.0.0.1:7070")]
         http: String,
     },
+    /// Registries this cluster imports (MCP sources): state, last sync,
+    /// record counts, quarantined records with reasons. Ask the leader.
+    Sources {
+        /// HTTP address of the node to ask.
+        #[arg(long, env = "MESHREG_HTTP", default_value = "http://127.0.0.1:7070")]
+        http: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,15 +301,54 @@ fn short(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// `meshreg ctl xds`: GET /v1/xds/clients and print it.
-fn xds_clients(http: &str, json_out: bool) -> anyhow::Result<()> {
-    let url = format!("{}/v1/xds/clients", http.trim_end_matches('/'));
+fn get_json(http: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", http.trim_end_matches('/'));
     let body = ureq::get(&url)
         .call()
         .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?
         .body_mut()
         .read_to_string()?;
-    let v: Value = serde_json::from_str(&body)?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// `meshreg ctl sources`: GET /v1/sources and print it.
+fn sources(http: &str, json_out: bool) -> anyhow::Result<()> {
+    let v = get_json(http, "/v1/sources")?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<5} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  LAST ERROR",
+        "SOURCE", "KIND", "ADDRESS", "STATE", "RECORDS", "UPSERTED", "REMOVED", "QUARANTINED"
+    );
+    for s in v["sources"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:<5} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  {}",
+            s["name"].as_str().unwrap_or("-"),
+            s["kind"].as_str().unwrap_or("-"),
+            s["address"].as_str().unwrap_or("-"),
+            s["state"].as_str().unwrap_or("-"),
+            s["records"],
+            s["upserted"],
+            s["removed"],
+            s["quarantined"].as_array().map_or(0, Vec::len),
+            s["last_error"].as_str().unwrap_or("")
+        );
+        for q in s["quarantined"].as_array().into_iter().flatten() {
+            println!(
+                "    quarantined {}: {}",
+                q[0].as_str().unwrap_or("?"),
+                q[1].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `meshreg ctl xds`: GET /v1/xds/clients and print it.
+fn xds_clients(http: &str, json_out: bool) -> anyhow::Result<()> {
+    let v = get_json(http, "/v1/xds/clients")?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -355,6 +401,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     if let CtlCmd::Xds { http } = &args.cmd {
         let (http, json_out) = (http.clone(), matches!(args.output, Output::Json));
         return tokio::task::spawn_blocking(move || xds_clients(&http, json_out)).await?;
+    }
+    if let CtlCmd::Sources { http } = &args.cmd {
+        let (http, json_out) = (http.clone(), matches!(args.output, Output::Json));
+        return tokio::task::spawn_blocking(move || sources(&http, json_out)).await?;
     }
     let channel = Channel::from_shared(args.addr.clone())
         .map_err(|e| anyhow::anyhow!("--addr {:?}: {e}", args.addr))?
@@ -739,7 +789,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        CtlCmd::Xds { .. } => unreachable!("handled before connecting"),
+        CtlCmd::Xds { .. } | CtlCmd::Sources { .. } => unreachable!("handled before connecting"),
         CtlCmd::Namespace(cmd) => match cmd {
             NamespaceCmd::List => {
                 let r = c

@@ -73,6 +73,18 @@ fn a_meshreg_imports_another_meshreg_over_mcp() {
     let q = src["quarantined"].to_string();
     assert!(q.contains("team-b") && q.contains("does not exist"), "{q}");
 
+    // The same through `meshreg ctl sources`.
+    let out = std::process::Command::new(meshreg_tests::meshreg_bin())
+        .args(["ctl", "sources", "--http", &b.http])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("upstream") && text.contains("synced"),
+        "{text}"
+    );
+    assert!(text.contains("quarantined team-b/bill"), "{text}");
+
     // A deregistration upstream removes the record downstream, only it.
     assert_eq!(
         a.delete("/v1/namespaces/default/instances/pay/10.0.0.1:9090")
