@@ -105,3 +105,77 @@ fn a_meshreg_imports_another_meshreg_over_mcp() {
         "the native instance stays"
     );
 }
+
+/// Two meshregs importing from each other: each gets the other's native
+/// instances, nothing bounces back (loop guard), and a deregistration
+/// settles everywhere.
+#[test]
+fn two_meshregs_importing_from_each_other_do_not_loop() {
+    use meshreg_tests::cluster::free_port;
+    let dir = tempfile::tempdir().unwrap();
+    let pa = [free_port(), free_port(), free_port()];
+    let pb = [free_port(), free_port(), free_port()];
+    let cfg = |name: &str, peer: u16| {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!("[[sources]]\nname = \"peer\"\naddress = \"127.0.0.1:{peer}\"\n"),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (ca, cb) = (cfg("a", pb[1]), cfg("b", pa[1]));
+    let a = Server::start_at(&dir.path().join("a"), pa, &["--config", &ca]).unwrap();
+    let b = Server::start_at(&dir.path().join("b"), pb, &["--config", &cb]).unwrap();
+    let reg = |s: &Server, app: &str, ip: &str| {
+        let body = format!(r#"{{"app":"{app}","address":"{ip}","ports":{{"grpc":9090}}}}"#);
+        assert_eq!(
+            s.post("/v1/namespaces/default/instances", &body).status,
+            200
+        );
+    };
+    reg(&a, "pay", "10.0.0.1");
+    reg(&b, "bill", "10.1.0.1");
+    let both = |s: &Server| instances(s, "").len() == 2;
+    assert!(
+        eventually(Duration::from_secs(20), || both(&a) && both(&b)),
+        "A: {:?}\nB: {:?}",
+        instances(&a, ""),
+        instances(&b, "")
+    );
+    // Stable: nothing re-imported, no duplicate, no churn.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(both(&a) && both(&b));
+    // Neither side was ever sent its own records back: nothing collided.
+    for s in [&a, &b] {
+        let st = s.get("/v1/sources").json();
+        assert_eq!(st["sources"][0]["state"], "synced");
+        assert_eq!(
+            st["sources"][0]["quarantined"],
+            serde_json::json!([]),
+            "{st}"
+        );
+    }
+    let imported_pay = instances(&b, "?app=pay");
+    assert_eq!(imported_pay[0]["provenance"]["source"], "peer");
+    assert!(
+        instances(&a, "?app=pay")[0]["provenance"].is_null(),
+        "A's own instance stays native"
+    );
+    // A deregistration settles on both sides.
+    assert_eq!(
+        a.delete("/v1/namespaces/default/instances/pay/10.0.0.1:9090")
+            .status,
+        200
+    );
+    assert!(eventually(Duration::from_secs(20), || instances(&a, "")
+        .len()
+        == 1
+        && instances(&b, "").len() == 1));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        instances(&a, "?app=pay").len(),
+        0,
+        "the deleted instance did not come back"
+    );
+}

@@ -194,9 +194,8 @@ impl ResourceCache {
             return;
         }
         let touched: BTreeSet<&str> = changes.namespaces.keys().map(String::as_str).collect();
-        self.wildcard.retain(|(ns, ty), _| {
-            !touched.contains(ns.as_str()) && *ty != ResourceType::ServiceEntry
-        });
+        self.wildcard
+            .retain(|(ns, ty), _| !touched.contains(ns.as_str()) && ty.mcp_export().is_none());
         // Resources spanning namespaces are cached under each stream's namespace.
         for types in self.entries.values_mut() {
             for names in types.values_mut() {

@@ -69,7 +69,33 @@ const MAX_PORT_NAME: usize = 62;
 /// istio.mcp.v1alpha1.Resource)`, sorted by name. This is the full set a
 /// state-of-the-world response for [`SERVICE_ENTRY_TYPE`] carries for `ns`.
 pub fn build_all(reg: &Registry, ns: &str) -> Vec<(String, Any)> {
-    let all = reg.list(ns, &Selector::default());
+    build_all_with(reg, ns, Export::All)
+}
+
+/// Which instances an export carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// Every instance (for istiod and other MCP sinks).
+    All,
+    /// Only instances registered natively, not imported from a source: what
+    /// another meshreg's sink gets, so that two meshregs importing from
+    /// each other never send each other's records back (loop guard).
+    NativeOnly,
+}
+
+impl Export {
+    fn keeps(self, i: &Instance) -> bool {
+        self == Export::All || i.provenance.is_none()
+    }
+}
+
+/// [`build_all`] with an export filter.
+pub fn build_all_with(reg: &Registry, ns: &str, export: Export) -> Vec<(String, Any)> {
+    let all: Vec<Arc<Instance>> = reg
+        .list(ns, &Selector::default())
+        .into_iter()
+        .filter(|i| export.keeps(i))
+        .collect();
     let mut out: Vec<(String, Any)> = all
         .chunk_by(|a, b| a.app == b.app)
         .map(|group| {
@@ -86,19 +112,28 @@ pub fn build_all(reg: &Registry, ns: &str) -> Vec<(String, Any)> {
 /// returns it (`<ns label>/<app label>`), or just its `<app label>` part.
 /// `None` when no application of `ns` has that name or it has no instances.
 pub fn build_one(reg: &Registry, ns: &str, name: &str) -> Option<Any> {
+    build_one_with(reg, ns, name, Export::All)
+}
+
+/// [`build_one`] with an export filter.
+pub fn build_one_with(reg: &Registry, ns: &str, name: &str, export: Export) -> Option<Any> {
     let base = match name.split_once('/') {
         Some((prefix, base)) if prefix == dns_label(ns, MAX_LABEL) => base,
         Some(_) => return None,
         None => name,
     };
     let app = app_for_label(reg, ns, base)?;
-    let instances = reg.list(
-        ns,
-        &Selector {
-            app: Some(app.clone()),
-            ..Default::default()
-        },
-    );
+    let instances: Vec<Arc<Instance>> = reg
+        .list(
+            ns,
+            &Selector {
+                app: Some(app.clone()),
+                ..Default::default()
+            },
+        )
+        .into_iter()
+        .filter(|i| export.keeps(i))
+        .collect();
     (!instances.is_empty()).then(|| build_app(reg, ns, &app, &instances))
 }
 

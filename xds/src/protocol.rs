@@ -161,6 +161,9 @@ struct SotwSub {
 /// State-of-the-world ADS stream state.
 #[derive(Debug)]
 pub struct SotwStream {
+    /// Serve ServiceEntries with native instances only (the subscriber is
+    /// another meshreg's MCP sink).
+    native_only: bool,
     types: BTreeMap<ResourceType, SotwSub>,
     empty_answered: BTreeSet<String>,
     nonces: Nonces,
@@ -172,6 +175,7 @@ impl SotwStream {
     /// A new stream; `id` makes its nonces unique.
     pub fn new(id: u64) -> Self {
         Self {
+            native_only: false,
             types: BTreeMap::new(),
             empty_answered: BTreeSet::new(),
             nonces: Nonces {
@@ -180,6 +184,11 @@ impl SotwStream {
             },
             nacks: 0,
         }
+    }
+
+    /// Marks the subscriber as another meshreg's MCP sink (loop guard).
+    pub fn set_native_only(&mut self, on: bool) {
+        self.native_only = on;
     }
 
     /// Handles one request; returns the responses to send, in order.
@@ -192,6 +201,9 @@ impl SotwStream {
         view: &mut dyn View,
     ) -> Result<Vec<ds::DiscoveryResponse>, ProtocolError> {
         let ty = match classify(&req.type_url)? {
+            Kind::Served(ResourceType::ServiceEntry) if self.native_only => {
+                ResourceType::ServiceEntryNative
+            }
             Kind::Served(ty) => ty,
             Kind::Ignored => return Ok(Vec::new()),
             Kind::Empty => {
@@ -327,6 +339,9 @@ struct DeltaSub {
 /// Delta (incremental) ADS stream state.
 #[derive(Debug)]
 pub struct DeltaStream {
+    /// Serve ServiceEntries with native instances only (the subscriber is
+    /// another meshreg's MCP sink).
+    native_only: bool,
     types: BTreeMap<ResourceType, DeltaSub>,
     empty_answered: BTreeSet<String>,
     nonces: Nonces,
@@ -338,6 +353,7 @@ impl DeltaStream {
     /// A new stream; `id` makes its nonces unique.
     pub fn new(id: u64) -> Self {
         Self {
+            native_only: false,
             types: BTreeMap::new(),
             empty_answered: BTreeSet::new(),
             nonces: Nonces {
@@ -346,6 +362,11 @@ impl DeltaStream {
             },
             nacks: 0,
         }
+    }
+
+    /// Marks the subscriber as another meshreg's MCP sink (loop guard).
+    pub fn set_native_only(&mut self, on: bool) {
+        self.native_only = on;
     }
 
     /// Handles one request; returns the responses to send.
@@ -358,6 +379,9 @@ impl DeltaStream {
         view: &mut dyn View,
     ) -> Result<Vec<ds::DeltaDiscoveryResponse>, ProtocolError> {
         let ty = match classify(&req.type_url)? {
+            Kind::Served(ResourceType::ServiceEntry) if self.native_only => {
+                ResourceType::ServiceEntryNative
+            }
             Kind::Served(ty) => ty,
             Kind::Ignored => return Ok(Vec::new()),
             Kind::Empty => {

@@ -47,16 +47,20 @@ pub enum ResourceType {
     /// (each resource an `istio.mcp.v1alpha1.Resource`; see docs/mcp.md).
     /// Its names are `<namespace>/<app>` across all namespaces.
     ServiceEntry,
+    /// The same type as another meshreg's MCP sink sees it: natively
+    /// registered instances only (loop guard, see `mcp::Export`).
+    ServiceEntryNative,
 }
 
 impl ResourceType {
     /// All types, in push order.
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
         ResourceType::ServiceEntry,
+        ResourceType::ServiceEntryNative,
     ];
 
     /// The type URL.
@@ -68,7 +72,9 @@ impl ResourceType {
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-            ResourceType::ServiceEntry => crate::mcp::SERVICE_ENTRY_TYPE,
+            ResourceType::ServiceEntry | ResourceType::ServiceEntryNative => {
+                crate::mcp::SERVICE_ENTRY_TYPE
+            }
         }
     }
 
@@ -84,7 +90,16 @@ impl ResourceType {
             ResourceType::Endpoint => "EDS",
             ResourceType::Listener => "LDS",
             ResourceType::Route => "RDS",
-            ResourceType::ServiceEntry => "MCP",
+            ResourceType::ServiceEntry | ResourceType::ServiceEntryNative => "MCP",
+        }
+    }
+
+    /// For the MCP types: which instances they export.
+    pub fn mcp_export(self) -> Option<crate::mcp::Export> {
+        match self {
+            ResourceType::ServiceEntry => Some(crate::mcp::Export::All),
+            ResourceType::ServiceEntryNative => Some(crate::mcp::Export::NativeOnly),
+            _ => None,
         }
     }
 
@@ -93,7 +108,10 @@ impl ResourceType {
     pub fn is_sotw_complete(self) -> bool {
         matches!(
             self,
-            ResourceType::Cluster | ResourceType::Listener | ResourceType::ServiceEntry
+            ResourceType::Cluster
+                | ResourceType::Listener
+                | ResourceType::ServiceEntry
+                | ResourceType::ServiceEntryNative
         )
     }
 }
@@ -206,12 +224,12 @@ pub fn all_targets(reg: &Registry, ns: &str) -> BTreeSet<Target> {
 /// The names of every resource of `ty` in a namespace (wildcard set).
 /// ServiceEntries span every namespace.
 pub fn all_names(reg: &Registry, ns: &str, ty: ResourceType) -> Vec<String> {
-    if ty == ResourceType::ServiceEntry {
+    if let Some(export) = ty.mcp_export() {
         return reg
             .namespaces()
             .iter()
             .flat_map(|n| {
-                crate::mcp::build_all(reg, &n.name)
+                crate::mcp::build_all_with(reg, &n.name, export)
                     .into_iter()
                     .map(|(name, _)| name)
             })
@@ -221,7 +239,10 @@ pub fn all_names(reg: &Registry, ns: &str, ty: ResourceType) -> Vec<String> {
         .into_iter()
         .map(|t| match ty {
             ResourceType::Cluster | ResourceType::Endpoint => t.cluster_name(ns),
-            ResourceType::Listener | ResourceType::Route | ResourceType::ServiceEntry => match t {
+            ResourceType::Listener
+            | ResourceType::Route
+            | ResourceType::ServiceEntry
+            | ResourceType::ServiceEntryNative => match t {
                 Target::App { app, port } => format!("{app}.{ns}:{port}"),
                 Target::Service { service } => service,
             },
@@ -475,7 +496,7 @@ pub enum Dependency {
 /// Builds resource `name` of type `ty` in namespace `ns`, or `None` when it
 /// does not exist. Returns what it depends on either way.
 pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<Any>, Dependency) {
-    if ty == ResourceType::ServiceEntry {
+    if let Some(export) = ty.mcp_export() {
         let prefix = name.split_once('/').map(|(p, _)| p);
         let any = reg
             .namespaces()
@@ -485,13 +506,14 @@ pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<
                     crate::mcp::resource_name(&n.name, "x").starts_with(&format!("{p}/"))
                 })
             })
-            .find_map(|n| crate::mcp::build_one(reg, &n.name, name));
+            .find_map(|n| crate::mcp::build_one_with(reg, &n.name, name, export));
         return (any, Dependency::Everything);
     }
     let target = match ty {
-        ResourceType::Listener | ResourceType::Route | ResourceType::ServiceEntry => {
-            listener_target(reg, ns, name)
-        }
+        ResourceType::Listener
+        | ResourceType::Route
+        | ResourceType::ServiceEntry
+        | ResourceType::ServiceEntryNative => listener_target(reg, ns, name),
         ResourceType::Cluster | ResourceType::Endpoint => cluster_target(reg, ns, name),
     };
     let Some(target) = target else {
@@ -506,7 +528,9 @@ pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<
         ResourceType::Route => route(name, &target.cluster_name(ns)),
         ResourceType::Cluster => cluster(name),
         ResourceType::Endpoint => load_assignment(name, &endpoints(reg, ns, &target)),
-        ResourceType::ServiceEntry => return (None, Dependency::Everything),
+        ResourceType::ServiceEntry | ResourceType::ServiceEntryNative => {
+            return (None, Dependency::Everything)
+        }
     };
     (Some(any), dep)
 }

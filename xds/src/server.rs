@@ -458,6 +458,9 @@ macro_rules! run_stream {
                         )))).await;
                         break;
                     }
+                    if ns.is_none() && req.node.as_ref().is_some_and(|n| n.id.starts_with(crate::sink::SINK_NODE_PREFIX)) {
+                        st.set_native_only(true);
+                    }
                     let namespace = ns.get_or_insert_with(|| {
                         let n = namespace_of(req.node.as_ref());
                         Inner::identify(&slot, req.node.as_ref(), &n);

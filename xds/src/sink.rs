@@ -30,6 +30,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::mcp::{APP_ANNOTATION, NAMESPACE_ANNOTATION, SERVICES_ANNOTATION, SERVICE_ENTRY_TYPE};
 
+/// Prefix of the node id a meshreg sink sends; a meshreg MCP source sees
+/// it and exports only natively registered instances to it (loop guard).
+pub const SINK_NODE_PREFIX: &str = "meshreg-sink-";
+
 /// One MCP source (a `[[sources]]` entry of the server's TOML config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,7 +195,7 @@ async fn sync_stream(node: &Arc<Node>, src: &McpSource, sinks: &Sinks) -> Result
     let (tx, rx) = mpsc::channel(4);
     let request = |version: String, nonce: String| ds::DiscoveryRequest {
         node: Some(EnvoyNode {
-            id: format!("meshreg-sink-{}", node.id),
+            id: format!("{SINK_NODE_PREFIX}{}", node.id),
             cluster: "meshreg".into(),
             ..Default::default()
         }),
