@@ -295,7 +295,12 @@ impl Registry {
             .namespaces
             .get_mut(ns)
             .expect("namespace checked before upsert");
-        let a = nss.apps.entry(app.to_string()).or_default();
+        if !nss.apps.contains_key(app) {
+            nss.apps.insert(app.to_string(), AppState::default());
+        }
+        let Some(a) = nss.apps.get_mut(app) else {
+            unreachable!("inserted above")
+        };
         if let Some(r) = a.revisions.get_mut(revision) {
             r.refs += 1;
             return r.services.clone();
@@ -405,11 +410,10 @@ impl Registry {
                     .namespaces
                     .get_mut(&new.namespace)
                     .expect("namespace checked before upsert");
-                nss.apps
-                    .entry(new.app.clone())
-                    .or_default()
-                    .ids
-                    .insert(new.id.clone(), ord);
+                // acquire_revision above created the app if it was new.
+                if let Some(a) = nss.apps.get_mut(&new.app) {
+                    a.ids.insert(new.id.clone(), ord);
+                }
                 ord
             }
         };
