@@ -1,0 +1,197 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::endpoints::{Health, Locality, Origin};
+
+fn ep(i: u8, weight: u32, health: Health) -> Endpoint {
+    Endpoint {
+        address: format!("10.0.0.{i}"),
+        port: 9090,
+        weight,
+        health,
+        labels: Default::default(),
+        locality: Locality::default(),
+        instance_id: format!("10.0.0.{i}:9090"),
+    }
+}
+
+fn set(eps: Vec<Endpoint>) -> Arc<EndpointSet> {
+    Arc::new(EndpointSet {
+        name: "outbound|9090||pay.default".into(),
+        version: "v".into(),
+        origin: Origin::Registry,
+        endpoints: eps,
+    })
+}
+
+fn count(lb: &LoadBalancer, s: &Arc<EndpointSet>, n: usize) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let p = lb.pick(s).expect("a pick");
+        *m.entry(p.endpoint().address.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn round_robin_is_exactly_even_and_skips_unusable() {
+    let s = set(vec![
+        ep(1, 1, Health::Serving),
+        ep(2, 50, Health::Serving),
+        ep(3, 1, Health::Unknown),
+        ep(4, 1, Health::Draining),
+    ]);
+    let lb = LoadBalancer::new(Policy::RoundRobin);
+    let m = count(&lb, &s, 300);
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert!(m.values().all(|c| *c == 100), "{m:?}");
+    assert!(!m.contains_key("10.0.0.4"));
+}
+
+#[test]
+fn weighted_random_follows_weights() {
+    let s = set(vec![
+        ep(1, 100, Health::Serving),
+        ep(2, 300, Health::Serving),
+    ]);
+    let lb = LoadBalancer::new(Policy::WeightedRandom);
+    let n = 40_000;
+    let m = count(&lb, &s, n);
+    let share = m["10.0.0.2"] as f64 / n as f64;
+    // Expected 0.75; the standard deviation is ~0.002.
+    assert!((share - 0.75).abs() < 0.02, "share {share}");
+}
+
+#[test]
+fn least_request_avoids_busy_endpoints_and_guards_release() {
+    let s = set(vec![ep(1, 1, Health::Serving), ep(2, 1, Health::Serving)]);
+    let lb = LoadBalancer::new(Policy::LeastRequest);
+    // With two endpoints both are compared on every pick: the busier one
+    // is never chosen while it has more in flight.
+    let first = lb.pick(&s).unwrap();
+    let busy = first.endpoint().address.clone();
+    for _ in 0..50 {
+        let p = lb.pick(&s).unwrap();
+        assert_ne!(p.endpoint().address, busy, "picked the busier endpoint");
+    }
+    drop(first);
+    let counters = lb.in_flight.lock().unwrap();
+    assert!(
+        counters.values().all(|c| c.load(Ordering::Acquire) == 0),
+        "every guard released its count"
+    );
+}
+
+#[test]
+fn least_request_spreads_over_many_when_idle() {
+    let s = set((1..=4).map(|i| ep(i, 1, Health::Serving)).collect());
+    let lb = LoadBalancer::new(Policy::LeastRequest);
+    let m = count(&lb, &s, 4000);
+    assert_eq!(m.len(), 4);
+    assert!(m.values().all(|c| *c > 800), "{m:?}");
+}
+
+#[test]
+fn ring_hash_is_deterministic_balanced_and_stable() {
+    let eps: Vec<Endpoint> = (1..=4).map(|i| ep(i, 1, Health::Serving)).collect();
+    let s = set(eps.clone());
+    let mut rev = eps.clone();
+    rev.reverse();
+    let s_rev = set(rev);
+    let a = LoadBalancer::new(Policy::RingHash);
+    let b = LoadBalancer::new(Policy::RingHash);
+    let mut owner = HashMap::new();
+    let mut per = HashMap::<String, usize>::new();
+    for k in 0..10_000u32 {
+        let h = hash_key(format!("user-{k}").as_bytes());
+        let x = a.pick_hashed(&s, h).unwrap().endpoint().address.clone();
+        assert_eq!(x, a.pick_hashed(&s, h).unwrap().endpoint().address);
+        assert_eq!(
+            x,
+            b.pick_hashed(&s_rev, h).unwrap().endpoint().address,
+            "order-independent"
+        );
+        *per.entry(x.clone()).or_default() += 1;
+        owner.insert(k, x);
+    }
+    for (addr, c) in &per {
+        assert!((1500..=3500).contains(c), "{addr} got {c} of 10000");
+    }
+    // Removing one endpoint moves only the keys it owned.
+    let s3 = set(eps[..3].to_vec());
+    for (k, was) in &owner {
+        let h = hash_key(format!("user-{k}").as_bytes());
+        let now = a.pick_hashed(&s3, h).unwrap().endpoint().address.clone();
+        if was != "10.0.0.4" {
+            assert_eq!(&now, was, "key {k} moved though its endpoint stayed");
+        }
+    }
+    // A fixed key gives a fixed, documented-stable hash.
+    assert_eq!(hash_key(b"abc"), hash_key(b"abc"));
+    assert_ne!(hash_key(b"abc"), hash_key(b"abd"));
+}
+
+#[test]
+fn ring_hash_follows_weights() {
+    let s = set(vec![ep(1, 1, Health::Serving), ep(2, 3, Health::Serving)]);
+    let lb = LoadBalancer::new(Policy::RingHash);
+    let mut heavy = 0;
+    for k in 0..20_000u32 {
+        let h = hash_key(format!("k{k}").as_bytes());
+        if lb.pick_hashed(&s, h).unwrap().endpoint().address == "10.0.0.2" {
+            heavy += 1;
+        }
+    }
+    let share = f64::from(heavy) / 20_000.0;
+    assert!((share - 0.75).abs() < 0.06, "share {share}");
+}
+
+#[test]
+fn panic_threshold_uses_all_endpoints_when_too_few_are_healthy() {
+    // 1 of 4 usable (25 %) < 50 %: panic, all four are candidates.
+    let s = set(vec![
+        ep(1, 1, Health::Serving),
+        ep(2, 1, Health::NotServing),
+        ep(3, 1, Health::NotServing),
+        ep(4, 1, Health::Draining),
+    ]);
+    let lb = LoadBalancer::new(Policy::RoundRobin);
+    let p = lb.pick(&s).unwrap();
+    assert!(p.panic());
+    assert_eq!(count(&lb, &s, 400).len(), 4);
+
+    // The same set with the threshold at 20 %: only the healthy one.
+    let lb = LoadBalancer::new(Policy::RoundRobin).panic_threshold(20.0);
+    let m = count(&lb, &s, 100);
+    assert_eq!(m.keys().collect::<Vec<_>>(), vec!["10.0.0.1"]);
+    assert!(!lb.pick(&s).unwrap().panic());
+
+    // 3 of 4 usable (75 %) ≥ 50 %: no panic.
+    let s = set(vec![
+        ep(1, 1, Health::Serving),
+        ep(2, 1, Health::Serving),
+        ep(3, 1, Health::Warning),
+        ep(4, 1, Health::NotServing),
+    ]);
+    let lb = LoadBalancer::new(Policy::WeightedRandom);
+    assert!(!count(&lb, &s, 400).contains_key("10.0.0.4"));
+
+    // Threshold 0 disables panic: none usable means no pick.
+    let s = set(vec![ep(1, 1, Health::NotServing)]);
+    assert!(LoadBalancer::new(Policy::RoundRobin)
+        .panic_threshold(0.0)
+        .pick(&s)
+        .is_none());
+    assert!(LoadBalancer::new(Policy::RoundRobin)
+        .pick(&set(vec![]))
+        .is_none());
+}
+
+#[test]
+fn a_new_snapshot_is_picked_up() {
+    let lb = LoadBalancer::new(Policy::RoundRobin);
+    let a = set(vec![ep(1, 1, Health::Serving)]);
+    assert_eq!(lb.pick(&a).unwrap().endpoint().address, "10.0.0.1");
+    let b = set(vec![ep(2, 1, Health::Serving)]);
+    assert_eq!(lb.pick(&b).unwrap().endpoint().address, "10.0.0.2");
+}
