@@ -117,41 +117,48 @@ impl Registry {
     /// commands in the same order reaches the same state. A rejected command
     /// changes nothing.
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
+        self.apply_owned(cmd.clone())
+    }
+
+    /// [`Registry::apply`] taking the command by value: the instances it
+    /// carries are moved into the registry instead of copied (the Raft
+    /// state machine's path).
+    pub fn apply_owned(&mut self, cmd: Command) -> CommandResponse {
         let rev = self.revision + 1;
         // Whether an `Ok` result is a change even when it touched no
         // instance: namespace changes are; re-registering identical
         // instances or removing absent ones are not, and do not use up a
         // revision; revoking a live session (even an empty one) is.
-        let change_without_instances = match cmd {
+        let change_without_instances = match &cmd {
             Command::CreateNamespace { .. } | Command::DeleteNamespace { .. } => true,
             Command::RevokeSessions { ids } => ids.iter().any(|i| self.sessions.contains_key(i)),
             _ => false,
         };
         let result = match cmd {
-            Command::CreateNamespace { name, labels } => self.create_namespace(name, labels, rev),
-            Command::DeleteNamespace { name } => self.delete_namespace(name, rev),
+            Command::CreateNamespace { name, labels } => self.create_namespace(&name, &labels, rev),
+            Command::DeleteNamespace { name } => self.delete_namespace(&name, rev),
             Command::Register { entries } => self.register(entries, rev),
-            Command::Deregister { keys } => Ok(self.deregister(keys, rev)),
+            Command::Deregister { keys } => Ok(self.deregister(&keys, rev)),
             Command::GrantSession { ttl_ms } => {
                 let id = self.next_session_id;
                 self.next_session_id += 1;
                 self.sessions.insert(
                     id,
                     SessionState {
-                        ttl_ms: *ttl_ms,
+                        ttl_ms,
                         members: RoaringBitmap::new(),
                     },
                 );
                 self.revision = rev;
                 return CommandResponse::SessionGranted {
                     id,
-                    ttl_ms: *ttl_ms,
+                    ttl_ms,
                     revision: rev,
                 };
             }
-            Command::RevokeSessions { ids } => Ok(self.revoke_sessions(ids, rev)),
+            Command::RevokeSessions { ids } => Ok(self.revoke_sessions(&ids, rev)),
             Command::SyncSource { source, records } => {
-                let (upserted, removed, skipped) = self.sync_source(source, records, rev);
+                let (upserted, removed, skipped) = self.sync_source(&source, records, rev);
                 let revision = if upserted + removed > 0 {
                     self.revision = rev;
                     rev
@@ -225,7 +232,7 @@ impl Registry {
         Ok(0)
     }
 
-    fn register(&mut self, entries: &[Registration], rev: u64) -> Result<u32, Error> {
+    fn register(&mut self, entries: Vec<Registration>, rev: u64) -> Result<u32, Error> {
         // Check everything first: a rejected command must change nothing.
         let mut batch_revisions: HashMap<(&str, &str, &str), &[ServiceDef]> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
@@ -274,6 +281,7 @@ impl Registry {
                 }
             }
         }
+        drop(batch_revisions);
         let mut count = 0;
         for e in entries {
             if self.upsert(e, rev) {
@@ -370,21 +378,23 @@ impl Registry {
 
     /// Creates or replaces one instance; false when it was already stored
     /// with the same content.
-    fn upsert(&mut self, reg: &Registration, rev: u64) -> bool {
-        let new = &reg.instance;
+    fn upsert(&mut self, reg: Registration, rev: u64) -> bool {
+        let Registration {
+            instance: mut new,
+            services: new_services,
+        } = reg;
         let existing = self.ordinal_of(&new.namespace, &new.app, &new.id);
         let old = existing.and_then(|o| self.slots[o as usize].clone());
         if let Some(old) = &old {
-            if old.same_content(new) {
+            if old.same_content(&new) {
                 return false;
             }
         }
         let services =
-            self.acquire_revision(&new.namespace, &new.app, &new.revision, &reg.services);
-        let mut stored = new.clone();
-        stored.mod_revision = rev;
-        stored.create_revision = old.as_ref().map_or(rev, |o| o.create_revision);
-        let stored = Arc::new(stored);
+            self.acquire_revision(&new.namespace, &new.app, &new.revision, &new_services);
+        new.mod_revision = rev;
+        new.create_revision = old.as_ref().map_or(rev, |o| o.create_revision);
+        let stored = Arc::new(new);
         let mut previous = None;
         let ord = match (existing, old) {
             (Some(ord), Some(old)) => {
@@ -408,11 +418,11 @@ impl Registry {
                 };
                 let nss = self
                     .namespaces
-                    .get_mut(&new.namespace)
+                    .get_mut(&stored.namespace)
                     .expect("namespace checked before upsert");
                 // acquire_revision above created the app if it was new.
-                if let Some(a) = nss.apps.get_mut(&new.app) {
-                    a.ids.insert(new.id.clone(), ord);
+                if let Some(a) = nss.apps.get_mut(&stored.app) {
+                    a.ids.insert(stored.id.clone(), ord);
                 }
                 ord
             }
@@ -483,7 +493,7 @@ impl Registry {
     fn sync_source(
         &mut self,
         source: &str,
-        records: &[Registration],
+        records: Vec<Registration>,
         rev: u64,
     ) -> (u32, u32, Vec<(String, String)>) {
         let mut skipped = Vec::new();

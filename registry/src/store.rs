@@ -497,7 +497,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 s.last_applied = Some(entry.log_id);
                 let resp = match entry.payload {
                     EntryPayload::Blank => CommandResponse::Noop,
-                    EntryPayload::Normal(cmd) => s.registry.apply(&cmd),
+                    EntryPayload::Normal(cmd) => s.registry.apply_owned(cmd),
                     EntryPayload::Membership(m) => {
                         s.membership = StoredMembership::new(Some(entry.log_id), m);
                         CommandResponse::Noop
