@@ -12,14 +12,31 @@
 //! once when a new snapshot is first picked from, and shared by every pick
 //! from it.
 //!
-//! Not here yet: subset selection with fallback policies, locality
-//! preference, Maglev.
+//! Before that, the candidates can be narrowed to a **subset** (endpoints
+//! whose labels match a selector, with Envoy's `LbSubsetConfig` fallback
+//! policies when none match) and to the **preferred locality** (same zone,
+//! then same region, then anywhere: the first tier with a usable endpoint
+//! wins, so a zone that loses its last healthy endpoint fails over).
+//!
+//! Not here yet: Maglev.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::endpoints::{Endpoint, EndpointSet};
+use crate::endpoints::{Endpoint, EndpointSet, Locality};
+
+/// What a subset selection does when no endpoint matches (Envoy's
+/// `LbSubsetConfig.fallback_policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubsetFallback {
+    /// No endpoint: the pick fails.
+    NoFallback,
+    /// Any endpoint of the set.
+    AnyEndpoint,
+    /// The endpoints matching this other selector.
+    DefaultSubset(BTreeMap<String, String>),
+}
 
 /// How to pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +68,8 @@ pub struct LoadBalancer {
     policy: Policy,
     panic_threshold: f64,
     replicas: usize,
+    subset: Option<(BTreeMap<String, String>, SubsetFallback)>,
+    locality: Option<Locality>,
     next: AtomicUsize,
     /// In-flight counts by `address:port`, kept across snapshots.
     in_flight: Mutex<HashMap<(String, u16), Arc<AtomicUsize>>>,
@@ -113,6 +132,8 @@ impl LoadBalancer {
             policy,
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             replicas: DEFAULT_REPLICAS,
+            subset: None,
+            locality: None,
             next: AtomicUsize::new(fastrand::usize(..)),
             in_flight: Mutex::new(HashMap::new()),
             prepared: Mutex::new(None),
@@ -130,6 +151,24 @@ impl LoadBalancer {
     /// [`Policy::RingHash`] (default 160; more points, more even spread).
     pub fn replicas(mut self, replicas: usize) -> LoadBalancer {
         self.replicas = replicas.clamp(1, 65_536);
+        self
+    }
+
+    /// Picks only among endpoints whose labels include every `selector`
+    /// pair; `fallback` says what to do when none does.
+    pub fn subset(
+        mut self,
+        selector: BTreeMap<String, String>,
+        fallback: SubsetFallback,
+    ) -> LoadBalancer {
+        self.subset = Some((selector, fallback));
+        self
+    }
+
+    /// Prefers endpoints in `locality`'s zone, then its region, then any;
+    /// a tier is used only if it has a usable endpoint.
+    pub fn prefer_locality(mut self, locality: Locality) -> LoadBalancer {
+        self.locality = Some(locality);
         self
     }
 
@@ -214,14 +253,64 @@ impl LoadBalancer {
         p
     }
 
+    /// The endpoints the subset and locality settings leave (indexes).
+    fn scope(&self, set: &EndpointSet) -> Vec<usize> {
+        let matches = |sel: &BTreeMap<String, String>, e: &Endpoint| {
+            sel.iter().all(|(k, v)| e.labels.get(k) == Some(v))
+        };
+        let all: Vec<usize> = (0..set.endpoints.len()).collect();
+        let mut scope = match &self.subset {
+            None => all,
+            Some((sel, fallback)) => {
+                let hit: Vec<usize> = all
+                    .iter()
+                    .copied()
+                    .filter(|i| matches(sel, &set.endpoints[*i]))
+                    .collect();
+                if !hit.is_empty() {
+                    hit
+                } else {
+                    match fallback {
+                        SubsetFallback::NoFallback => Vec::new(),
+                        SubsetFallback::AnyEndpoint => all,
+                        SubsetFallback::DefaultSubset(d) => all
+                            .into_iter()
+                            .filter(|i| matches(d, &set.endpoints[*i]))
+                            .collect(),
+                    }
+                }
+            }
+        };
+        if let Some(me) = &self.locality {
+            let same_zone =
+                |e: &Endpoint| e.locality.region == me.region && e.locality.zone == me.zone;
+            let same_region = |e: &Endpoint| e.locality.region == me.region;
+            for tier in [&same_zone as &dyn Fn(&Endpoint) -> bool, &same_region] {
+                let t: Vec<usize> = scope
+                    .iter()
+                    .copied()
+                    .filter(|i| tier(&set.endpoints[*i]))
+                    .collect();
+                if t.iter().any(|i| set.endpoints[*i].health.is_usable()) {
+                    scope = t;
+                    break;
+                }
+            }
+        }
+        scope
+    }
+
     fn build(&self, set: &Arc<EndpointSet>) -> Prepared {
-        let all = set.endpoints.len();
-        let usable: Vec<usize> = (0..all)
+        let scope = self.scope(set);
+        let all = scope.len();
+        let usable: Vec<usize> = scope
+            .iter()
+            .copied()
             .filter(|i| set.endpoints[*i].health.is_usable())
             .collect();
         // Panic when usable/all < threshold%.
         let panic = all > 0 && (usable.len() as f64) * 100.0 < self.panic_threshold * (all as f64);
-        let candidates: Vec<usize> = if panic { (0..all).collect() } else { usable };
+        let candidates: Vec<usize> = if panic { scope } else { usable };
         let mut cumulative = Vec::new();
         let mut ring = Vec::new();
         let mut counters = Vec::new();

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::*;
 use crate::endpoints::{Health, Locality, Origin};
@@ -194,4 +194,81 @@ fn a_new_snapshot_is_picked_up() {
     assert_eq!(lb.pick(&a).unwrap().endpoint().address, "10.0.0.1");
     let b = set(vec![ep(2, 1, Health::Serving)]);
     assert_eq!(lb.pick(&b).unwrap().endpoint().address, "10.0.0.2");
+}
+
+fn labelled(i: u8, version: &str, zone: &str, health: Health) -> Endpoint {
+    let mut e = ep(i, 1, health);
+    e.labels.insert("version".into(), version.into());
+    e.locality = Locality {
+        region: "r1".into(),
+        zone: zone.into(),
+        subzone: String::new(),
+    };
+    e
+}
+
+fn sel(v: &str) -> BTreeMap<String, String> {
+    [("version".to_string(), v.to_string())]
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn subsets_pick_matching_labels_and_fall_back_as_configured() {
+    let s = set(vec![
+        labelled(1, "v1", "z1", Health::Serving),
+        labelled(2, "v2", "z1", Health::Serving),
+        labelled(3, "v2", "z2", Health::Serving),
+    ]);
+    let v2 = LoadBalancer::new(Policy::RoundRobin).subset(sel("v2"), SubsetFallback::NoFallback);
+    let got = count(&v2, &s, 100);
+    assert_eq!(got.keys().len(), 2);
+    assert!(!got.contains_key("10.0.0.1"));
+    // No match: each fallback policy.
+    let none = LoadBalancer::new(Policy::RoundRobin).subset(sel("v9"), SubsetFallback::NoFallback);
+    assert!(none.pick(&s).is_none());
+    let any = LoadBalancer::new(Policy::RoundRobin).subset(sel("v9"), SubsetFallback::AnyEndpoint);
+    assert_eq!(count(&any, &s, 90).len(), 3);
+    let default = LoadBalancer::new(Policy::RoundRobin)
+        .subset(sel("v9"), SubsetFallback::DefaultSubset(sel("v1")));
+    assert_eq!(
+        count(&default, &s, 10).keys().collect::<Vec<_>>(),
+        vec!["10.0.0.1"]
+    );
+}
+
+#[test]
+fn locality_is_preferred_and_fails_over_when_the_zone_has_no_usable_endpoint() {
+    let here = Locality {
+        region: "r1".into(),
+        zone: "z1".into(),
+        subzone: String::new(),
+    };
+    let s = set(vec![
+        labelled(1, "v1", "z1", Health::Serving),
+        labelled(2, "v1", "z2", Health::Serving),
+        labelled(3, "v1", "z2", Health::Serving),
+    ]);
+    let lb = LoadBalancer::new(Policy::RoundRobin).prefer_locality(here.clone());
+    assert_eq!(
+        count(&lb, &s, 50).keys().collect::<Vec<_>>(),
+        vec!["10.0.0.1"],
+        "same zone first"
+    );
+    // The zone's only endpoint goes unhealthy: the region's others take over.
+    let s2 = set(vec![
+        labelled(1, "v1", "z1", Health::NotServing),
+        labelled(2, "v1", "z2", Health::Serving),
+        labelled(3, "v1", "z2", Health::Serving),
+    ]);
+    let got = count(&lb, &s2, 50);
+    assert!(!got.contains_key("10.0.0.1") && got.len() == 2, "{got:?}");
+    // Subset and locality together.
+    let lb = LoadBalancer::new(Policy::RoundRobin)
+        .subset(sel("v1"), SubsetFallback::NoFallback)
+        .prefer_locality(here);
+    assert_eq!(
+        count(&lb, &s, 20).keys().collect::<Vec<_>>(),
+        vec!["10.0.0.1"]
+    );
 }
