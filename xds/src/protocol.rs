@@ -130,6 +130,60 @@ impl Nonces {
     }
 }
 
+/// What a stream does with one request's type.
+enum Route {
+    /// Serve this resource type.
+    Serve(ResourceType),
+    /// Send nothing.
+    Nothing,
+    /// Send an empty response with this nonce.
+    Empty(String),
+}
+
+/// Per-stream state shared by the SotW and delta variants: nonces, the
+/// MCP loop-guard flag, and which collections got their empty answer.
+#[derive(Debug)]
+struct Routing {
+    nonces: Nonces,
+    /// ServiceEntries carry native instances only: the subscriber is
+    /// another meshreg's MCP sink (loop guard).
+    native_only: bool,
+    empty_answered: BTreeSet<String>,
+}
+
+impl Routing {
+    fn new(id: u64) -> Self {
+        Self {
+            nonces: Nonces {
+                prefix: format!("{id:x}"),
+                next: 0,
+            },
+            native_only: false,
+            empty_answered: BTreeSet::new(),
+        }
+    }
+
+    /// Classifies a request's type: the resource type to serve, an empty
+    /// answer (once per collection; its ACK gets nothing), or nothing.
+    fn route(&mut self, type_url: &str, response_nonce: &str) -> Result<Route, ProtocolError> {
+        Ok(match classify(type_url)? {
+            Kind::Served(ResourceType::ServiceEntry) if self.native_only => {
+                Route::Serve(ResourceType::ServiceEntryNative)
+            }
+            Kind::Served(ty) => Route::Serve(ty),
+            Kind::Ignored => Route::Nothing,
+            Kind::Empty => {
+                if !response_nonce.is_empty() && self.empty_answered.contains(type_url) {
+                    Route::Nothing
+                } else {
+                    self.empty_answered.insert(type_url.to_string());
+                    Route::Empty(self.nonces.take())
+                }
+            }
+        })
+    }
+}
+
 fn status_of(nacks: &mut u64, sub: &mut Sub, nonce: &str, version: &str, error: Option<&str>) {
     if sub.nonce.as_deref() != Some(nonce) {
         return; // stale
@@ -161,12 +215,8 @@ struct SotwSub {
 /// State-of-the-world ADS stream state.
 #[derive(Debug)]
 pub struct SotwStream {
-    /// Serve ServiceEntries with native instances only (the subscriber is
-    /// another meshreg's MCP sink).
-    native_only: bool,
     types: BTreeMap<ResourceType, SotwSub>,
-    empty_answered: BTreeSet<String>,
-    nonces: Nonces,
+    routing: Routing,
     /// NACKs received.
     pub nacks: u64,
 }
@@ -175,20 +225,15 @@ impl SotwStream {
     /// A new stream; `id` makes its nonces unique.
     pub fn new(id: u64) -> Self {
         Self {
-            native_only: false,
             types: BTreeMap::new(),
-            empty_answered: BTreeSet::new(),
-            nonces: Nonces {
-                prefix: format!("{id:x}"),
-                next: 0,
-            },
+            routing: Routing::new(id),
             nacks: 0,
         }
     }
 
     /// Marks the subscriber as another meshreg's MCP sink (loop guard).
     pub fn set_native_only(&mut self, on: bool) {
-        self.native_only = on;
+        self.routing.native_only = on;
     }
 
     /// Handles one request; returns the responses to send, in order.
@@ -200,21 +245,14 @@ impl SotwStream {
         req: &ds::DiscoveryRequest,
         view: &mut dyn View,
     ) -> Result<Vec<ds::DiscoveryResponse>, ProtocolError> {
-        let ty = match classify(&req.type_url)? {
-            Kind::Served(ResourceType::ServiceEntry) if self.native_only => {
-                ResourceType::ServiceEntryNative
-            }
-            Kind::Served(ty) => ty,
-            Kind::Ignored => return Ok(Vec::new()),
-            Kind::Empty => {
-                if !req.response_nonce.is_empty() && self.empty_answered.contains(&req.type_url) {
-                    return Ok(Vec::new());
-                }
-                self.empty_answered.insert(req.type_url.clone());
+        let ty = match self.routing.route(&req.type_url, &req.response_nonce)? {
+            Route::Serve(ty) => ty,
+            Route::Nothing => return Ok(Vec::new()),
+            Route::Empty(nonce) => {
                 return Ok(vec![ds::DiscoveryResponse {
                     version_info: "empty".into(),
                     type_url: req.type_url.clone(),
-                    nonce: self.nonces.take(),
+                    nonce,
                     ..Default::default()
                 }]);
             }
@@ -298,7 +336,7 @@ impl SotwStream {
         if (unchanged && !force) || nacked {
             return None;
         }
-        let nonce = self.nonces.take();
+        let nonce = self.routing.nonces.take();
         s.sent = Some(version.clone());
         s.sub.nonce = Some(nonce.clone());
         s.sub.status.sent_version = Some(version.clone());
@@ -339,12 +377,8 @@ struct DeltaSub {
 /// Delta (incremental) ADS stream state.
 #[derive(Debug)]
 pub struct DeltaStream {
-    /// Serve ServiceEntries with native instances only (the subscriber is
-    /// another meshreg's MCP sink).
-    native_only: bool,
     types: BTreeMap<ResourceType, DeltaSub>,
-    empty_answered: BTreeSet<String>,
-    nonces: Nonces,
+    routing: Routing,
     /// NACKs received.
     pub nacks: u64,
 }
@@ -353,20 +387,15 @@ impl DeltaStream {
     /// A new stream; `id` makes its nonces unique.
     pub fn new(id: u64) -> Self {
         Self {
-            native_only: false,
             types: BTreeMap::new(),
-            empty_answered: BTreeSet::new(),
-            nonces: Nonces {
-                prefix: format!("{id:x}"),
-                next: 0,
-            },
+            routing: Routing::new(id),
             nacks: 0,
         }
     }
 
     /// Marks the subscriber as another meshreg's MCP sink (loop guard).
     pub fn set_native_only(&mut self, on: bool) {
-        self.native_only = on;
+        self.routing.native_only = on;
     }
 
     /// Handles one request; returns the responses to send.
@@ -378,21 +407,14 @@ impl DeltaStream {
         req: &ds::DeltaDiscoveryRequest,
         view: &mut dyn View,
     ) -> Result<Vec<ds::DeltaDiscoveryResponse>, ProtocolError> {
-        let ty = match classify(&req.type_url)? {
-            Kind::Served(ResourceType::ServiceEntry) if self.native_only => {
-                ResourceType::ServiceEntryNative
-            }
-            Kind::Served(ty) => ty,
-            Kind::Ignored => return Ok(Vec::new()),
-            Kind::Empty => {
-                if !req.response_nonce.is_empty() && self.empty_answered.contains(&req.type_url) {
-                    return Ok(Vec::new());
-                }
-                self.empty_answered.insert(req.type_url.clone());
+        let ty = match self.routing.route(&req.type_url, &req.response_nonce)? {
+            Route::Serve(ty) => ty,
+            Route::Nothing => return Ok(Vec::new()),
+            Route::Empty(nonce) => {
                 return Ok(vec![ds::DeltaDiscoveryResponse {
                     system_version_info: "empty".into(),
                     type_url: req.type_url.clone(),
-                    nonce: self.nonces.take(),
+                    nonce,
                     ..Default::default()
                 }]);
             }
@@ -519,7 +541,7 @@ impl DeltaStream {
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
-        let nonce = self.nonces.take();
+        let nonce = self.routing.nonces.take();
         let version = view.system_version();
         d.sub.nonce = Some(nonce.clone());
         d.sub.status.sent_version = Some(version.clone());
