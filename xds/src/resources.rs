@@ -497,15 +497,10 @@ pub enum Dependency {
 /// does not exist. Returns what it depends on either way.
 pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<Any>, Dependency) {
     if let Some(export) = ty.mcp_export() {
-        let prefix = name.split_once('/').map(|(p, _)| p);
+        // build_one_with rejects a name of another namespace at once.
         let any = reg
             .namespaces()
             .iter()
-            .filter(|n| {
-                prefix.is_none_or(|p| {
-                    crate::mcp::resource_name(&n.name, "x").starts_with(&format!("{p}/"))
-                })
-            })
             .find_map(|n| crate::mcp::build_one_with(reg, &n.name, name, export));
         return (any, Dependency::Everything);
     }
