@@ -301,6 +301,9 @@ fn short(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A ctl command that prints what a node's HTTP port returns.
+type HttpPrinter = fn(&str, bool) -> anyhow::Result<()>;
+
 fn get_json(http: &str, path: &str) -> anyhow::Result<Value> {
     let url = format!("{}{path}", http.trim_end_matches('/'));
     let body = ureq::get(&url)
@@ -398,13 +401,15 @@ fn xds_clients(http: &str, json_out: bool) -> anyhow::Result<()> {
 
 /// Runs one ctl command.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    if let CtlCmd::Xds { http } = &args.cmd {
-        let (http, json_out) = (http.clone(), matches!(args.output, Output::Json));
-        return tokio::task::spawn_blocking(move || xds_clients(&http, json_out)).await?;
-    }
-    if let CtlCmd::Sources { http } = &args.cmd {
-        let (http, json_out) = (http.clone(), matches!(args.output, Output::Json));
-        return tokio::task::spawn_blocking(move || sources(&http, json_out)).await?;
+    // Commands served over the HTTP port, with a blocking client.
+    let over_http: Option<(String, HttpPrinter)> = match &args.cmd {
+        CtlCmd::Xds { http } => Some((http.clone(), xds_clients)),
+        CtlCmd::Sources { http } => Some((http.clone(), sources)),
+        _ => None,
+    };
+    if let Some((http, print)) = over_http {
+        let json_out = matches!(args.output, Output::Json);
+        return tokio::task::spawn_blocking(move || print(&http, json_out)).await?;
     }
     let channel = Channel::from_shared(args.addr.clone())
         .map_err(|e| anyhow::anyhow!("--addr {:?}: {e}", args.addr))?
