@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod linearizability;
+pub mod mesh;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -2,13 +2,21 @@
 //! ACK, NACK (no resend until the data changes), wildcard and named
 //! subscriptions, unsubscribe, removal, nonexistent names, reconnect with
 //! `initial_resource_versions`, CDS → EDS ordering, for SotW and delta; and
-//! bad input (unknown types, request floods) ending only the offending stream.
+//! bad input (unknown types, request floods) ending only the offending stream;
+//! and the sidecar's own resources (`sidecar|…`, `inbound|…`) on one delta
+//! stream as `meshreg-proxy` asks for them.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::config::route::v3::{route, RouteConfiguration};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
@@ -23,6 +31,7 @@ use tonic::Streaming;
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const PAY: &str = "outbound|9090||pay.default";
 
 fn node() -> Option<EnvoyNode> {
@@ -494,4 +503,177 @@ async fn next_sotw(st: &mut Streaming<ds::DiscoveryResponse>) -> Option<ds::Disc
         .ok()
         .flatten()
         .map(|r| r.expect("not an error"))
+}
+
+/// The sidecar's configuration as `meshreg-proxy` asks for it: one delta
+/// stream, node metadata naming its app, every name explicit. Listeners,
+/// routes, inbound and outbound clusters and the endpoints' sidecar port
+/// arrive; a new application in the namespace re-sends the outbound route
+/// and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecar_configuration_on_one_delta_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    let r = s.post(
+        "/v1/namespaces/default/instances",
+        r#"{"app":"pay","address":"10.0.0.1","ports":{"grpc":9090},"metadata":{"meshreg.io/sidecar-port":"15006"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut stream = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let sidecar = Some(EnvoyNode {
+        id: "sidecar~10.0.0.1~pay-1.default".into(),
+        metadata: Some(Struct {
+            fields: [
+                ("meshreg.io/namespace", "default"),
+                ("meshreg.io/app", "pay"),
+                ("meshreg.io/proxy", "sidecar"),
+            ]
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(v.into())),
+                    },
+                )
+            })
+            .collect(),
+        }),
+        ..Default::default()
+    });
+    let req = |ty: &str, sub: &[&str], nonce: &str| ds::DeltaDiscoveryRequest {
+        node: sidecar.clone(),
+        type_url: ty.into(),
+        resource_names_subscribe: sub.iter().map(|n| n.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    // Subscribes, checks the names that came back, ACKs; returns the
+    // resources by name.
+    let mut ask = async |ty: &str, names: &[&str]| {
+        tx.send(req(ty, names, "")).await.unwrap();
+        let r = next(&mut stream, 10_000).await.expect("a response");
+        assert_eq!(r.type_url, ty);
+        assert!(r.removed_resources.is_empty(), "{:?}", r.removed_resources);
+        let mut got: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+        got.sort();
+        let mut want = names.to_vec();
+        want.sort();
+        assert_eq!(got, want);
+        tx.send(req(ty, &[], &r.nonce)).await.unwrap();
+        r.resources
+            .into_iter()
+            .map(|x| (x.name, x.resource.unwrap().value))
+            .collect::<HashMap<_, _>>()
+    };
+
+    let hcm = |l: &Listener| {
+        let Some(filter::ConfigType::TypedConfig(a)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no typed_config")
+        };
+        let m = HttpConnectionManager::decode(a.value.as_slice()).unwrap();
+        match m.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => rds.route_config_name,
+            other => panic!("{other:?}"),
+        }
+    };
+    let ls = ask(
+        LDS,
+        &["sidecar|outbound|15001", "sidecar|inbound|pay|15006"],
+    )
+    .await;
+    let out = Listener::decode(ls["sidecar|outbound|15001"].as_slice()).unwrap();
+    assert_eq!(hcm(&out), "sidecar|outbound|default");
+    assert_eq!(
+        out.listener_filters[0].name,
+        "envoy.filters.listener.http_inspector"
+    );
+    let inb = Listener::decode(ls["sidecar|inbound|pay|15006"].as_slice()).unwrap();
+    assert_eq!(hcm(&inb), "sidecar|inbound|pay");
+
+    let cluster_of = |rc: &RouteConfiguration, vh: usize, rt: usize| match &rc.virtual_hosts[vh]
+        .routes[rt]
+        .action
+    {
+        Some(route::Action::Route(a)) => match &a.cluster_specifier {
+            Some(
+                envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier::Cluster(
+                    c,
+                ),
+            ) => c.clone(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let rs = ask(RDS, &["sidecar|outbound|default", "sidecar|inbound|pay"]).await;
+    let out = RouteConfiguration::decode(rs["sidecar|outbound|default"].as_slice()).unwrap();
+    assert_eq!(out.virtual_hosts.len(), 1);
+    assert_eq!(
+        out.virtual_hosts[0].domains,
+        ["pay.default:9090", "pay:9090", "pay.default", "pay"]
+    );
+    assert_eq!(cluster_of(&out, 0, 0), PAY);
+    let inb = RouteConfiguration::decode(rs["sidecar|inbound|pay"].as_slice()).unwrap();
+    assert_eq!(inb.virtual_hosts[0].routes.len(), 2, "port 9090, default");
+    assert_eq!(
+        inb.virtual_hosts[0].routes[0]
+            .r#match
+            .as_ref()
+            .unwrap()
+            .headers[0]
+            .name,
+        "x-meshreg-port"
+    );
+    assert_eq!(cluster_of(&inb, 0, 0), "inbound|9090||pay.default");
+
+    let cs = ask(CDS, &[PAY, "inbound|9090||pay.default"]).await;
+    let outbound = Cluster::decode(cs[PAY].as_slice()).unwrap();
+    assert!(outbound.outlier_detection.is_some() && outbound.circuit_breakers.is_some());
+    let inbound = Cluster::decode(cs["inbound|9090||pay.default"].as_slice()).unwrap();
+    assert!(inbound.eds_cluster_config.is_none());
+    assert_eq!(
+        inbound.load_assignment.unwrap().endpoints[0]
+            .lb_endpoints
+            .len(),
+        1
+    );
+
+    let es = ask(EDS, &[PAY]).await;
+    let cla = ClusterLoadAssignment::decode(es[PAY].as_slice()).unwrap();
+    let md = cla.endpoints[0].lb_endpoints[0].metadata.as_ref().unwrap();
+    assert_eq!(
+        md.filter_metadata["meshreg"].fields["sidecar_port"].kind,
+        Some(Kind::NumberValue(15006.0))
+    );
+    assert!(
+        next(&mut stream, 500).await.is_none(),
+        "nothing after the ACKs"
+    );
+
+    // A new application: its virtual host is added to the outbound route;
+    // the listeners, the inbound route and pay's clusters do not change.
+    register(&s, "bill", "10.0.1.1");
+    let r = next(&mut stream, 10_000).await.expect("the outbound route");
+    assert_eq!(r.type_url, RDS);
+    assert_eq!(r.resources.len(), 1);
+    assert_eq!(r.resources[0].name, "sidecar|outbound|default");
+    let out =
+        RouteConfiguration::decode(r.resources[0].resource.as_ref().unwrap().value.as_slice())
+            .unwrap();
+    assert_eq!(out.virtual_hosts.len(), 2);
+    assert_eq!(out.virtual_hosts[0].name, "bill.default:9090");
+    tx.send(req(RDS, &[], &r.nonce)).await.unwrap();
+    assert!(
+        next(&mut stream, 800).await.is_none(),
+        "only the route changed"
+    );
 }

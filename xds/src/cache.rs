@@ -209,6 +209,7 @@ impl ResourceCache {
             for names in types.values_mut() {
                 names.retain(|_, e| match &e.dep {
                     Dependency::Namespace | Dependency::Everything => false,
+                    Dependency::Nothing => true,
                     Dependency::App(a) => !c.apps.contains(a),
                     Dependency::Service(s) => !c.services.contains(s),
                 });

@@ -4,11 +4,13 @@
 //!
 //! The same ADS server is an MCP-over-xDS source for istiod: it serves
 //! `networking.istio.io/v1alpha3/ServiceEntry` ([`mcp`]). It does not consume
-//! other registries (MCP sink, adapters) and has no sidecar listener model
-//! yet (the proxy's inbound/outbound listeners).
+//! other registries (MCP sink, adapters). The bundled sidecar's listeners,
+//! routes and inbound clusters are built from their names ([`sidecar`]); the
+//! sidecar itself (`meshreg-proxy`) is another crate.
 //!
 //! Layout:
 //! - [`resources`]: resource types, names and the translation (docs/xds.md).
+//! - [`sidecar`]: the sidecar's listeners, routes and inbound clusters (`sidecar|…`, `inbound|…`).
 //! - [`cache`]: built resources shared by all streams, invalidated per app/service.
 //! - [`protocol`]: the per-stream SotW and delta protocol, sans I/O.
 //! - [`sink`]: the MCP sink: another MCP source's ServiceEntries as that source's records.
@@ -22,4 +24,5 @@ pub mod mcp;
 pub mod protocol;
 pub mod resources;
 pub mod server;
+pub mod sidecar;
 pub mod sink;

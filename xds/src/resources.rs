@@ -15,6 +15,13 @@
 //! robin, and ClusterLoadAssignments group endpoints by locality with
 //! weights, Envoy health status and the instance labels as
 //! `filter_metadata["envoy.lb"]` for subset load balancing.
+//!
+//! Names starting with `sidecar|` (Listener, RouteConfiguration) and
+//! `inbound|` (Cluster) are the bundled sidecar's configuration, built by
+//! [`crate::sidecar`]. Every cluster carries outlier detection and circuit
+//! breakers for sidecars; proxyless gRPC clients honour them as gRFC A50
+//! and A32 describe, which is arranged to change nothing for them (see
+//! [`cluster()`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -250,14 +257,16 @@ pub fn all_names(reg: &Registry, ns: &str, ty: ResourceType) -> Vec<String> {
         .collect()
 }
 
-fn any<M: Message>(ty: &str, m: &M) -> Any {
+/// `m` encoded as an `Any` of type URL `ty`.
+pub(crate) fn any<M: Message>(ty: &str, m: &M) -> Any {
     Any {
         type_url: ty.to_string(),
         value: m.encode_to_vec(),
     }
 }
 
-fn ads_source() -> core::ConfigSource {
+/// A v3 `ConfigSource` pointing at the ADS stream the client is on.
+pub(crate) fn ads_source() -> core::ConfigSource {
     core::ConfigSource {
         resource_api_version: core::ApiVersion::V3 as i32,
         config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
@@ -266,6 +275,23 @@ fn ads_source() -> core::ConfigSource {
         ..Default::default()
     }
 }
+
+/// The `envoy.filters.http.router` HTTP filter, the last (here the only)
+/// filter of every `HttpConnectionManager` meshreg serves.
+pub(crate) fn router_filter() -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: "envoy.filters.http.router".to_string(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+            "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            &router::Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The `typed_config` type URL of an `HttpConnectionManager`.
+pub(crate) const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 /// A gRPC API listener for `name` that routes through RDS `name`.
 pub fn listener(name: &str) -> Any {
@@ -277,23 +303,13 @@ pub fn listener(name: &str) -> Any {
                 route_config_name: name.to_string(),
             },
         )),
-        http_filters: vec![hcm::HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
-                "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                &router::Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     };
     let l = listener::Listener {
         name: name.to_string(),
         api_listener: Some(listener::ApiListener {
-            api_listener: Some(any(
-                "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                &manager,
-            )),
+            api_listener: Some(any(HCM_TYPE, &manager)),
         }),
         ..Default::default()
     };
@@ -327,7 +343,20 @@ pub fn route(name: &str, cluster: &str) -> Any {
     any(ResourceType::Route.url(), &r)
 }
 
-/// An EDS cluster `name` over ADS, round robin.
+/// An EDS cluster `name` over ADS, round robin, 1 s connect timeout, with
+/// outlier detection and circuit breakers for sidecars:
+///
+/// - outlier detection: eject a host after 5 consecutive 5xx, checked
+///   every 1 s, for 10 s × the times it was ejected, at most 50 % of the
+///   hosts; `consecutive_gateway_failure` 5 (Envoy enforces it only with
+///   `enforcing_consecutive_gateway_failure`, default 0; gateway errors are
+///   5xx anyway). `enforcing_success_rate` is 0: proxyless gRPC (gRFC A50)
+///   ignores the consecutive-error counters but would turn success-rate
+///   ejection on by default when `outlier_detection` is present, which
+///   would change how those clients balance.
+/// - circuit breakers, default priority: 1,024 connections, pending
+///   requests and requests, 3 concurrent retries (Envoy's defaults; gRPC
+///   reads only `max_requests`, whose gRFC A32 default is also 1,024).
 pub fn cluster(name: &str) -> Any {
     let c = cluster::Cluster {
         name: name.to_string(),
@@ -343,9 +372,43 @@ pub fn cluster(name: &str) -> Any {
             seconds: 1,
             nanos: 0,
         }),
+        outlier_detection: Some(outlier_detection()),
+        circuit_breakers: Some(circuit_breakers()),
         ..Default::default()
     };
     any(ResourceType::Cluster.url(), &c)
+}
+
+/// A whole number of seconds as a protobuf `Duration`.
+pub(crate) fn seconds(seconds: i64) -> Duration {
+    Duration { seconds, nanos: 0 }
+}
+
+fn outlier_detection() -> cluster::OutlierDetection {
+    cluster::OutlierDetection {
+        consecutive_5xx: Some(UInt32Value { value: 5 }),
+        consecutive_gateway_failure: Some(UInt32Value { value: 5 }),
+        interval: Some(seconds(1)),
+        base_ejection_time: Some(seconds(10)),
+        max_ejection_percent: Some(UInt32Value { value: 50 }),
+        // Explicitly off (Envoy and gRPC both default it to 100 %).
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        ..Default::default()
+    }
+}
+
+fn circuit_breakers() -> cluster::CircuitBreakers {
+    cluster::CircuitBreakers {
+        thresholds: vec![cluster::circuit_breakers::Thresholds {
+            priority: core::RoutingPriority::Default as i32,
+            max_connections: Some(UInt32Value { value: 1024 }),
+            max_pending_requests: Some(UInt32Value { value: 1024 }),
+            max_requests: Some(UInt32Value { value: 1024 }),
+            max_retries: Some(UInt32Value { value: 3 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 /// Envoy's health status for a registry health state.
@@ -372,11 +435,29 @@ fn lb_endpoint(i: &Instance, port: u16) -> endpoint::LbEndpoint {
             )
         })
         .collect();
-    // No labels: no metadata at all. An empty `Struct` map value encodes as
-    // a key-only map entry, valid protobuf that protobufjs (gRPC's Node xDS
-    // client) decodes as null and then rejects the whole response.
-    let metadata = (!labels.is_empty()).then(|| core::Metadata {
-        filter_metadata: HashMap::from([("envoy.lb".to_string(), Struct { fields: labels })]),
+    // No labels: no "envoy.lb" entry. An empty `Struct` map value encodes
+    // as a key-only map entry, valid protobuf that protobufjs (gRPC's Node
+    // xDS client) decodes as null and then rejects the whole response. For
+    // the same reason no metadata at all when there is nothing to put in it.
+    let mut filter_metadata = HashMap::new();
+    if !labels.is_empty() {
+        filter_metadata.insert("envoy.lb".to_string(), Struct { fields: labels });
+    }
+    if let Some(port) = crate::sidecar::sidecar_port(i) {
+        filter_metadata.insert(
+            crate::sidecar::FILTER_METADATA.to_string(),
+            Struct {
+                fields: HashMap::from([(
+                    crate::sidecar::SIDECAR_PORT_FIELD.to_string(),
+                    Value {
+                        kind: Some(value::Kind::NumberValue(f64::from(port))),
+                    },
+                )]),
+            },
+        );
+    }
+    let metadata = (!filter_metadata.is_empty()).then(|| core::Metadata {
+        filter_metadata,
         ..Default::default()
     });
     endpoint::LbEndpoint {
@@ -491,6 +572,10 @@ pub enum Dependency {
     Namespace,
     /// Any change anywhere (resources spanning namespaces).
     Everything,
+    /// No registry data: a resource whose name carries all it is built
+    /// from (the sidecar listeners), or a name that can never resolve.
+    /// Dropped only when everything is invalidated or the cache is full.
+    Nothing,
 }
 
 /// Builds resource `name` of type `ty` in namespace `ns`, or `None` when it
@@ -503,6 +588,9 @@ pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<
             .iter()
             .find_map(|n| crate::mcp::build_one_with(reg, &n.name, name, export));
         return (any, Dependency::Everything);
+    }
+    if let Some(sidecar) = crate::sidecar::build(reg, ns, ty, name) {
+        return sidecar;
     }
     let target = match ty {
         ResourceType::Listener

@@ -203,3 +203,55 @@ fn unlabelled_endpoints_have_no_metadata() {
     let cla = ClusterLoadAssignment::decode(any.unwrap().value.as_slice()).unwrap();
     assert!(cla.endpoints[0].lb_endpoints[0].metadata.is_none());
 }
+
+/// Every EDS cluster carries the sidecar defaults, with success-rate
+/// ejection explicitly off so that proxyless gRPC (which turns it on by
+/// default when `outlier_detection` is present, gRFC A50) behaves as before.
+#[test]
+fn clusters_have_outlier_detection_and_circuit_breakers() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    let r = reg();
+    for name in ["outbound|9090||pay.default", "service|pay.Api.default"] {
+        let (any, _) = build(&r, "default", ResourceType::Cluster, name);
+        let c = Cluster::decode(any.unwrap().value.as_slice()).unwrap();
+        assert_eq!(c.name, name);
+        assert_eq!(c.eds_cluster_config.unwrap().service_name, name);
+        let od = c.outlier_detection.expect("outlier_detection");
+        let u = |v: u32| Some(UInt32Value { value: v });
+        assert_eq!(od.consecutive_5xx, u(5));
+        assert_eq!(od.consecutive_gateway_failure, u(5));
+        assert_eq!(od.interval, Some(seconds(1)));
+        assert_eq!(od.base_ejection_time, Some(seconds(10)));
+        assert_eq!(od.max_ejection_percent, u(50));
+        assert_eq!(od.enforcing_success_rate, u(0));
+        assert_eq!(od.enforcing_failure_percentage, None);
+        let cb = c.circuit_breakers.expect("circuit_breakers");
+        assert_eq!(cb.thresholds.len(), 1);
+        let t = &cb.thresholds[0];
+        assert_eq!(t.priority, core::RoutingPriority::Default as i32);
+        assert_eq!(t.max_connections, u(1024));
+        assert_eq!(t.max_pending_requests, u(1024));
+        assert_eq!(t.max_requests, u(1024));
+        assert_eq!(t.max_retries, u(3));
+    }
+}
+
+/// Names of the sidecar's kinds resolve only for their own types: an
+/// inbound cluster name is not a ClusterLoadAssignment, and a `sidecar|`
+/// name is neither a cluster nor an endpoint.
+#[test]
+fn sidecar_names_only_for_their_types() {
+    let r = reg();
+    for (ty, name) in [
+        (ResourceType::Endpoint, "inbound|9090||pay.default"),
+        (ResourceType::Endpoint, "sidecar|outbound|default"),
+        (ResourceType::Cluster, "sidecar|outbound|default"),
+        (ResourceType::Listener, "inbound|9090||pay.default"),
+    ] {
+        assert!(build(&r, "default", ty, name).0.is_none(), "{ty:?} {name}");
+    }
+    // The proxyless names are unaffected.
+    assert!(build(&r, "default", ResourceType::Listener, "pay:9090")
+        .0
+        .is_some());
+}

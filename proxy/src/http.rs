@@ -1,0 +1,592 @@
+//! The HTTP forwarding path: HTTP/1.1, HTTP/2 (h2c) and gRPC.
+//!
+//! Per request: route table (RDS) → virtual host by Host/:authority →
+//! first matching route → cluster (weighted clusters by weight) →
+//! circuit breakers → endpoint pick → upstream attempt, retried by the
+//! route's retry policy. Upstream connections are pooled per endpoint
+//! with keep-alive (HTTP/1.1) and multiplexed (HTTP/2); the upstream
+//! protocol is the downstream one unless the cluster asks for HTTP/2.
+//!
+//! Retries follow Envoy's `retry_on` conditions, with one safety rule
+//! Envoy leaves to configuration: a request that may have reached the
+//! upstream (reset, timeout, 5xx) is retried only when its method is
+//! idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE); a connect failure
+//! is always retriable. A request body is replayable when the request has
+//! none or declares a `content-length` of at most 64 KiB (it is buffered);
+//! longer or streamed bodies (gRPC streams) are sent once.
+//!
+//! Local replies carry `x-meshreg-flags` with Envoy's response flags:
+//! `NR` no route, `NC` no cluster, `UH` no healthy upstream, `UO`
+//! overflow (circuit breaker), `UF` connect failure, `UR` reset, `UT`
+//! timeout.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Action, ForwardAction, PORT_HEADER};
+use crate::runtime::{
+    hash64, retry_backoff, Cluster, ClusterStats, EndpointState, Outcome, PickCtx,
+};
+
+/// Upstream request body: buffered (replayable) or streamed once.
+pub type ReqBody = Either<Full<Bytes>, Incoming>;
+/// The pooled upstream client.
+pub type HttpClient = Client<HttpConnector, ReqBody>;
+
+/// Largest request body buffered so that the request can be retried.
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// A cluster's upstream clients.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// HTTP/1.1 with keep-alive.
+    pub h1: HttpClient,
+    /// HTTP/2 with prior knowledge (h2c).
+    pub h2: HttpClient,
+}
+
+/// A pooled client (one per connect timeout and protocol).
+pub fn new_client(connect_timeout: Duration, h2: bool) -> HttpClient {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(connect_timeout));
+    conn.enforce_http(true);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .set_host(false);
+    if h2 {
+        b.http2_only(true)
+            .http2_adaptive_window(true)
+            .http2_keep_alive_interval(Some(Duration::from_secs(30)));
+    }
+    b.build(conn)
+}
+
+/// Decrements the in-flight counters when the response body is done.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    ep: Arc<EndpointState>,
+    cluster: Arc<ClusterStats>,
+    retry: bool,
+}
+
+impl ActiveGuard {
+    fn new(ep: &Arc<EndpointState>, cluster: &Arc<ClusterStats>, retry: bool) -> Self {
+        ep.stats.active.fetch_add(1, Relaxed);
+        ep.stats.total.fetch_add(1, Relaxed);
+        cluster.active.fetch_add(1, Relaxed);
+        if retry {
+            cluster.active_retries.fetch_add(1, Relaxed);
+        }
+        ActiveGuard {
+            ep: Arc::clone(ep),
+            cluster: Arc::clone(cluster),
+            retry,
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.ep.stats.active.fetch_sub(1, Relaxed);
+        self.cluster.active.fetch_sub(1, Relaxed);
+        if self.retry {
+            self.cluster.active_retries.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// The response body sent downstream.
+#[derive(Debug)]
+pub enum RespBody {
+    /// Streamed from the upstream; holds the in-flight counters.
+    Upstream(Incoming, ActiveGuard),
+    /// A local reply.
+    Local(Full<Bytes>),
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Upstream(b, _) => Pin::new(b).poll_frame(cx),
+            RespBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Upstream(b, _) => b.is_end_stream(),
+            RespBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Upstream(b, _) => b.size_hint(),
+            RespBody::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A local reply with Envoy-style response flags.
+pub fn local_reply(status: StatusCode, flags: &'static str, msg: &str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::Local(Full::new(Bytes::from(format!("{msg}\n")))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert("x-meshreg-flags", HeaderValue::from_static(flags));
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    {
+        for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                if n != header::TE {
+                    h.remove(n);
+                }
+            }
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    // TE: only "trailers" may pass (gRPC needs it).
+    if h.get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        h.remove(header::TE);
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// What the access log records of one request.
+#[derive(Debug, Default)]
+pub struct Outcome2 {
+    /// Response flags, `-` when none.
+    pub flags: &'static str,
+    /// Upstream host of the last attempt.
+    pub upstream: Option<String>,
+    /// Cluster.
+    pub cluster: Option<String>,
+}
+
+/// Handles one downstream request on an HTTP listener whose routes are the
+/// route table `route_name`.
+pub async fn handle(
+    proxy: Arc<crate::Proxy>,
+    route_name: Arc<str>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let access_log = proxy.bootstrap.access_log;
+    let start = Instant::now();
+    let (method, path, version) = if access_log {
+        (
+            req.method().clone(),
+            req.uri().path_and_query().map(|p| p.as_str().to_string()),
+            req.version(),
+        )
+    } else {
+        (Method::GET, None, Version::HTTP_11)
+    };
+    let mut out = Outcome2 {
+        flags: "-",
+        ..Default::default()
+    };
+    let resp = forward(&proxy, &route_name, remote, req, &mut out).await;
+    if access_log {
+        tracing::info!(
+            target: "access",
+            "\"{} {} {:?}\" {} {} {}ms {} {}",
+            method,
+            path.as_deref().unwrap_or("/"),
+            version,
+            resp.status().as_u16(),
+            out.flags,
+            start.elapsed().as_millis(),
+            out.cluster.as_deref().unwrap_or("-"),
+            out.upstream.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(resp)
+}
+
+async fn forward(
+    proxy: &crate::Proxy,
+    route_name: &str,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    out: &mut Outcome2,
+) -> Response<RespBody> {
+    let rt = proxy.runtime();
+    let Some(table) = rt.routes.get(route_name) else {
+        out.flags = "NR";
+        return local_reply(StatusCode::NOT_FOUND, "NR", "no route configuration");
+    };
+    let authority: String = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let Some(vh) = table.vhost(&authority) else {
+        out.flags = "NR";
+        return local_reply(
+            StatusCode::NOT_FOUND,
+            "NR",
+            &format!("no virtual host for {authority:?}"),
+        );
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let Some(route) = vh
+        .routes
+        .iter()
+        .find(|r| r.matches(req.method(), &pq, &authority, req.headers()))
+    else {
+        out.flags = "NR";
+        return local_reply(StatusCode::NOT_FOUND, "NR", "no route matched");
+    };
+    let f: &ForwardAction = match &route.action {
+        Action::Direct { status, body } => {
+            let mut r = Response::new(RespBody::Local(Full::new(body.clone())));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            return r;
+        }
+        Action::Forward(f) => f,
+    };
+    let cluster_name = if f.clusters.len() == 1 {
+        &f.clusters[0].0
+    } else {
+        let mut r = fastrand::u64(..f.total_weight.max(1));
+        let mut chosen = &f.clusters[0].0;
+        for (c, w) in &f.clusters {
+            if r < u64::from(*w) {
+                chosen = c;
+                break;
+            }
+            r -= u64::from(*w);
+        }
+        chosen
+    };
+    out.cluster = Some(cluster_name.clone());
+    let Some(cluster) = rt.clusters.get(cluster_name) else {
+        out.flags = "NC";
+        return local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NC",
+            &format!("cluster {cluster_name:?} not found"),
+        );
+    };
+    let downstream_h2 = req.version() == Version::HTTP_2;
+    let h2 = downstream_h2 || cluster.cfg.http2;
+    let limits = &cluster.cfg.limits;
+    let active = cluster.stats.active.load(Relaxed);
+    if active >= limits.max_requests || (!h2 && active >= limits.max_connections) {
+        cluster.stats.overflow.fetch_add(1, Relaxed);
+        out.flags = "UO";
+        let mut r = local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UO",
+            "upstream overflow (circuit breaker)",
+        );
+        r.headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        return r;
+    }
+    let hash = f
+        .hash_header
+        .as_ref()
+        .and_then(|h| req.headers().get(h))
+        .map(|v| hash64(v.as_bytes()));
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for h in &route.remove_headers {
+        parts.headers.remove(h);
+    }
+    if let Some(host) = &f.host_rewrite {
+        parts.headers.insert(header::HOST, host.clone());
+    } else if !h2 && !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    if h2 && !downstream_h2 {
+        parts.headers.remove(header::HOST);
+    }
+    append_forwarded_for(&mut parts.headers, remote);
+
+    // Body: replayable when empty or small with a declared length.
+    let declared = body.size_hint().exact();
+    let may_retry = f.retry.is_some();
+    let (replay, mut once): (Option<Bytes>, Option<Incoming>) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if may_retry && declared.is_some_and(|n| n <= MAX_REPLAY_BODY) {
+        match body.collect().await {
+            Ok(c) => (Some(c.to_bytes()), None),
+            Err(e) => {
+                out.flags = "DR";
+                return local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "DR",
+                    &format!("reading the request body: {e}"),
+                );
+            }
+        }
+    } else {
+        (None, Some(body))
+    };
+    let idem = idempotent(&parts.method);
+    let retry = f.retry.clone().unwrap_or_default();
+    let max_attempts = 1 + if f.retry.is_some() {
+        retry.num_retries
+    } else {
+        0
+    };
+    let deadline = f.timeout.map(|t| Instant::now() + t);
+    let upstream = cluster.upstream.get().cloned();
+    let Some(upstream) = upstream else {
+        out.flags = "NC";
+        return local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NC",
+            "cluster not initialised",
+        );
+    };
+    let client = if h2 { &upstream.h2 } else { &upstream.h1 };
+    let mut prev: Option<Arc<EndpointState>> = None;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let ctx = PickCtx {
+            hash,
+            subset: &f.metadata_match,
+            avoid: prev.as_ref(),
+        };
+        let Some(host) = cluster.pick(&ctx) else {
+            cluster.stats.no_healthy.fetch_add(1, Relaxed);
+            out.flags = "UH";
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream");
+        };
+        let ep = Arc::clone(&host.state);
+        out.upstream = Some(ep.authority.clone());
+        let uri: Uri = match format!("http://{}{}", host.cfg.authority, pq).parse() {
+            Ok(u) => u,
+            Err(e) => {
+                out.flags = "DPE";
+                return local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "DPE",
+                    &format!("request target: {e}"),
+                );
+            }
+        };
+        let last_try = attempt >= max_attempts;
+        let body = match (&replay, once.take()) {
+            (Some(b), _) => Either::Left(Full::new(b.clone())),
+            (None, Some(b)) => Either::Right(b),
+            (None, None) => unreachable_body(),
+        };
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            });
+        if let Some(h) = builder.headers_mut() {
+            *h = if last_try && replay.is_none() {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            if let Some(p) = host.cfg.app_port {
+                h.insert(HeaderName::from_static(PORT_HEADER), HeaderValue::from(p));
+            }
+        }
+        let Ok(up_req) = builder.body(body) else {
+            out.flags = "DPE";
+            return local_reply(StatusCode::BAD_REQUEST, "DPE", "invalid request");
+        };
+        let guard = ActiveGuard::new(&ep, &cluster.stats, attempt > 1);
+        let now = Instant::now();
+        let mut budget = deadline.map(|d| d.saturating_duration_since(now));
+        if let Some(pt) = retry.per_try_timeout {
+            budget = Some(budget.map_or(pt, |b| b.min(pt)));
+        }
+        let result = match budget {
+            Some(b) => tokio::time::timeout(b, client.request(up_req)).await.ok(),
+            None => Some(client.request(up_req).await),
+        };
+        let retries_left = !last_try
+            && replay.is_some()
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && cluster.stats.active_retries.load(Relaxed) < cluster.cfg.limits.max_retries;
+        match result {
+            Some(Ok(mut resp)) => {
+                let status = resp.status().as_u16();
+                cluster.stats.by_class[usize::from((status / 100).min(5))].fetch_add(1, Relaxed);
+                if status >= 500 {
+                    ep.stats.errors.fetch_add(1, Relaxed);
+                    cluster.record(&ep, Outcome::Status(status));
+                } else {
+                    cluster.record(&ep, Outcome::Success);
+                }
+                let retriable = f.retry.is_some()
+                    && idem
+                    && ((retry.on_5xx && status >= 500)
+                        || (retry.on_gateway_error && (502..=504).contains(&status))
+                        || retry.status_codes.contains(&status));
+                if retriable && retries_left {
+                    drop(resp);
+                    drop(guard);
+                    cluster.stats.retries.fetch_add(1, Relaxed);
+                    prev = Some(ep);
+                    tokio::time::sleep(retry_backoff(attempt - 1)).await;
+                    continue;
+                }
+                strip_hop_by_hop(resp.headers_mut());
+                let (p, b) = resp.into_parts();
+                return Response::from_parts(p, RespBody::Upstream(b, guard));
+            }
+            Some(Err(e)) => {
+                drop(guard);
+                let connect = e.is_connect();
+                cluster.stats.by_class[0].fetch_add(1, Relaxed);
+                ep.stats.errors.fetch_add(1, Relaxed);
+                if connect {
+                    ep.stats.connect_failures.fetch_add(1, Relaxed);
+                    cluster.stats.connect_failures.fetch_add(1, Relaxed);
+                }
+                cluster.record(&ep, Outcome::LocalFailure);
+                let retriable = f.retry.is_some()
+                    && if connect {
+                        retry.on_connect_failure || retry.on_5xx || retry.on_gateway_error
+                    } else {
+                        idem && (retry.on_reset || retry.on_5xx || retry.on_refused_stream)
+                    };
+                if retriable && retries_left {
+                    cluster.stats.retries.fetch_add(1, Relaxed);
+                    prev = Some(ep);
+                    tokio::time::sleep(retry_backoff(attempt - 1)).await;
+                    continue;
+                }
+                let (flags, what) = if connect {
+                    ("UF", "connection failure")
+                } else {
+                    ("UR", "reset")
+                };
+                out.flags = flags;
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    flags,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers: {what}: {e}"
+                    ),
+                );
+            }
+            None => {
+                drop(guard);
+                cluster.stats.timeouts.fetch_add(1, Relaxed);
+                cluster.stats.by_class[0].fetch_add(1, Relaxed);
+                cluster.record(&ep, Outcome::LocalFailure);
+                let retriable =
+                    f.retry.is_some() && idem && (retry.on_5xx || retry.on_gateway_error);
+                if retriable && retries_left {
+                    cluster.stats.retries.fetch_add(1, Relaxed);
+                    prev = Some(ep);
+                    continue;
+                }
+                out.flags = "UT";
+                return local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream request timeout",
+                );
+            }
+        }
+    }
+}
+
+/// A body for an attempt that cannot happen: the streamed body is only
+/// ever sent once, and `retries_left` requires a replayable body.
+fn unreachable_body() -> ReqBody {
+    Either::Left(Full::new(Bytes::new()))
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let v = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert("x-forwarded-for", v);
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+}
+
+/// The cluster a TCP proxy listener forwards to picks an endpoint the same
+/// way; exposed for [`crate::listener`].
+pub fn pick_tcp(cluster: &Cluster) -> Option<Arc<EndpointState>> {
+    cluster
+        .pick(&PickCtx::default())
+        .map(|h| Arc::clone(&h.state))
+}

@@ -1,0 +1,345 @@
+//! Listeners from LDS: bound, updated in place, drained.
+//!
+//! - A new Listener is bound with `SO_REUSEPORT` (so a new proxy binary can
+//!   bind the same ports before the old one drains: hot restart).
+//! - A Listener whose address is unchanged is updated in place: new
+//!   connections use the new route table or TCP cluster, established ones
+//!   keep going.
+//! - A removed Listener (or one whose address changed) stops accepting and
+//!   its connections are closed gracefully (HTTP/1.1 after the response in
+//!   flight, HTTP/2 with GOAWAY) within the drain timeout.
+//! - Protocol detection: a Listener with both an HTTP connection manager
+//!   and a TCP proxy peeks at the first bytes: an HTTP/1.x request line or
+//!   the HTTP/2 preface goes to HTTP, anything else to TCP. An HTTP-only
+//!   Listener detects HTTP/1.1 vs h2c itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ListenerCfg;
+use crate::Proxy;
+
+/// Counters of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted.
+    pub cx_total: AtomicU64,
+    /// Connections open.
+    pub cx_active: AtomicU64,
+    /// Connections closed because no filter chain matched (non-HTTP on an HTTP-only listener).
+    pub cx_no_chain: AtomicU64,
+    /// TCP proxy connections whose upstream could not be reached.
+    pub tcp_upstream_fail: AtomicU64,
+}
+
+struct Running {
+    cfg: watch::Sender<ListenerCfg>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` and `SO_REUSEPORT`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    sock.set_reuseport(true)?;
+    sock.set_nodelay(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+/// Keeps the bound listeners equal to the LDS set until the proxy drains;
+/// then drains them all and returns.
+pub async fn manage(proxy: Arc<Proxy>) {
+    let mut want = proxy.listeners();
+    let mut drain = proxy.drain_signal();
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let mut draining: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let set = Arc::clone(&want.borrow_and_update());
+        reconcile(&proxy, &set, &mut running, &mut draining);
+        draining.retain(|t| !t.is_finished());
+        tokio::select! {
+            r = want.changed() => if r.is_err() { break },
+            _ = crate::until_true(&mut drain) => break,
+        }
+    }
+    for (_, r) in std::mem::take(&mut running) {
+        r.stop.send_replace(true);
+        draining.push(r.task);
+    }
+    for t in draining {
+        let _ = t.await;
+    }
+    proxy
+        .bound
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+}
+
+fn reconcile(
+    proxy: &Arc<Proxy>,
+    set: &[ListenerCfg],
+    running: &mut BTreeMap<String, Running>,
+    draining: &mut Vec<JoinHandle<()>>,
+) {
+    let bind_ip = proxy
+        .bootstrap
+        .bind_ip
+        .as_ref()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let effective = |c: &ListenerCfg| {
+        let mut c = c.clone();
+        if let Some(ip) = bind_ip {
+            c.addr.set_ip(ip);
+        }
+        c
+    };
+    // Stop removed listeners and those whose address changed.
+    let keep: BTreeMap<&str, SocketAddr> = set
+        .iter()
+        .map(|c| (c.name.as_str(), effective(c).addr))
+        .collect();
+    let names: Vec<String> = running.keys().cloned().collect();
+    for name in names {
+        let same = running
+            .get(&name)
+            .is_some_and(|r| keep.get(name.as_str()) == Some(&r.cfg.borrow().addr));
+        if !same {
+            if let Some(r) = running.remove(&name) {
+                tracing::info!(listener = %name, "draining listener");
+                r.stop.send_replace(true);
+                draining.push(r.task);
+                proxy
+                    .bound
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+            }
+        }
+    }
+    for c in set {
+        let c = effective(c);
+        if let Some(r) = running.get(&c.name) {
+            r.cfg.send_if_modified(|cur| {
+                if *cur == c {
+                    false
+                } else {
+                    *cur = c.clone();
+                    true
+                }
+            });
+            continue;
+        }
+        match bind(c.addr) {
+            Ok(sock) => {
+                let addr = sock.local_addr().unwrap_or(c.addr);
+                tracing::info!(listener = %c.name, %addr, "listener bound");
+                proxy
+                    .bound
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c.name.clone(), addr);
+                let stats = Arc::clone(
+                    proxy
+                        .listener_stats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(c.name.clone())
+                        .or_default(),
+                );
+                let (cfg_tx, cfg_rx) = watch::channel(c.clone());
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(serve(Arc::clone(proxy), sock, cfg_rx, stop_rx, stats));
+                running.insert(
+                    c.name.clone(),
+                    Running {
+                        cfg: cfg_tx,
+                        stop: stop_tx,
+                        task,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::error!(listener = %c.name, addr = %c.addr, error = %e, "cannot bind listener")
+            }
+        }
+    }
+}
+
+async fn serve(
+    proxy: Arc<Proxy>,
+    sock: TcpListener,
+    cfg: watch::Receiver<ListenerCfg>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<ListenerStats>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .adaptive_window(true);
+    let builder = Arc::new(builder);
+    loop {
+        tokio::select! {
+            acc = sock.accept() => {
+                let (stream, remote) = match acc {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                stats.cx_total.fetch_add(1, Relaxed);
+                let c = cfg.borrow().clone();
+                let proxy = Arc::clone(&proxy);
+                let builder = Arc::clone(&builder);
+                let watcher = graceful.watcher();
+                let stats = Arc::clone(&stats);
+                tokio::spawn(async move {
+                    stats.cx_active.fetch_add(1, Relaxed);
+                    handle_conn(proxy, c, stream, remote, builder, watcher, &stats).await;
+                    stats.cx_active.fetch_sub(1, Relaxed);
+                });
+            }
+            _ = crate::until_true(&mut stop) => break,
+        }
+    }
+    drop(sock);
+    let timeout = Duration::from_millis(proxy.bootstrap.drain_timeout_ms);
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: closing the remaining connections");
+    }
+}
+
+async fn handle_conn(
+    proxy: Arc<Proxy>,
+    cfg: ListenerCfg,
+    stream: TcpStream,
+    remote: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stats: &ListenerStats,
+) {
+    let is_http = match (&cfg.http, &cfg.tcp_cluster) {
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        (Some(_), Some(_)) => looks_like_http(&stream).await,
+        (None, None) => false,
+    };
+    if is_http {
+        let Some(http) = cfg.http else { return };
+        let route: Arc<str> = Arc::from(http.route_name.as_str());
+        let svc = service_fn(move |req| {
+            crate::http::handle(Arc::clone(&proxy), Arc::clone(&route), remote, req)
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%remote, error = %e, "downstream connection ended with an error");
+        }
+    } else if let Some(cluster) = cfg.tcp_cluster {
+        tcp_proxy(&proxy, &cluster, stream, stats).await;
+    } else {
+        stats.cx_no_chain.fetch_add(1, Relaxed);
+    }
+}
+
+/// Peeks (up to 100 ms) at the first bytes: an HTTP/1.x method token
+/// followed by a space, or the HTTP/2 preface.
+async fn looks_like_http(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    let peek = tokio::time::timeout(Duration::from_millis(100), async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return 0,
+                Ok(n) if n >= 8 || buf[..n].contains(&b' ') => return n,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    })
+    .await
+    .unwrap_or(0);
+    is_http_prefix(&buf[..peek])
+}
+
+/// Whether bytes start like an HTTP/1.x request or the HTTP/2 preface.
+pub fn is_http_prefix(b: &[u8]) -> bool {
+    if b.starts_with(b"PRI * HTTP/2") {
+        return true;
+    }
+    let Some(sp) = b.iter().position(|c| *c == b' ') else {
+        return false;
+    };
+    const METHODS: [&[u8]; 9] = [
+        b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
+    ];
+    METHODS.contains(&&b[..sp])
+}
+
+async fn tcp_proxy(proxy: &Proxy, cluster: &str, mut down: TcpStream, stats: &ListenerStats) {
+    let rt = proxy.runtime();
+    let Some(c) = rt.clusters.get(cluster) else {
+        stats.tcp_upstream_fail.fetch_add(1, Relaxed);
+        return;
+    };
+    for _ in 0..2 {
+        let Some(ep) = crate::http::pick_tcp(c) else {
+            break;
+        };
+        let connect = tokio::time::timeout(
+            c.cfg.connect_timeout,
+            TcpStream::connect(ep.authority.as_str()),
+        )
+        .await;
+        match connect {
+            Ok(Ok(mut up)) => {
+                let _ = up.set_nodelay(true);
+                c.record(&ep, crate::runtime::Outcome::Success);
+                ep.stats.active.fetch_add(1, Relaxed);
+                ep.stats.total.fetch_add(1, Relaxed);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                ep.stats.active.fetch_sub(1, Relaxed);
+                return;
+            }
+            _ => {
+                ep.stats.connect_failures.fetch_add(1, Relaxed);
+                c.stats.connect_failures.fetch_add(1, Relaxed);
+                c.record(&ep, crate::runtime::Outcome::LocalFailure);
+            }
+        }
+    }
+    stats.tcp_upstream_fail.fetch_add(1, Relaxed);
+}

@@ -1,0 +1,523 @@
+//! `meshreg-proxy` between real processes, configured only by meshreg:
+//! HTTP/1.1, h2c and gRPC through two sidecars; an upstream killed under
+//! load; configuration changes under load; bad requests and bad
+//! upstreams; admin endpoints and drain.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshreg_proto::registry::v1::registry_client::RegistryClient;
+use meshreg_proto::registry::v1::ListNamespacesRequest;
+use meshreg_tests::mesh::{free_port, register, register_at, xds_addr, Caller, Echo, Sidecar};
+use meshreg_tests::{eventually, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn sidecar_meta(sc: &Sidecar) -> String {
+    format!(
+        r#""metadata":{{"meshreg.io/sidecar-port":"{}"}}"#,
+        sc.inbound
+    )
+}
+
+/// Waits until `host` answers 200 through the sidecar on `port`.
+fn wait_routable(rt: &tokio::runtime::Runtime, c: &Caller, port: u16, host: &str) {
+    let ok = eventually(Duration::from_secs(20), || {
+        rt.block_on(c.get(port, host, "/"))
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert!(ok, "{host} never became routable through port {port}");
+}
+
+#[test]
+fn http1_h2c_and_grpc_through_two_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let echo = rt.block_on(Echo::start("e1"));
+    let server_side = Sidecar::start(dir.path(), &xds, "echo", &["--access-log"]).unwrap();
+    register(&s, "echo", echo.port, &sidecar_meta(&server_side));
+    let client = Sidecar::start(dir.path(), &xds, "client", &[]).unwrap();
+    let c = Caller::new();
+    wait_routable(&rt, &c, client.outbound, "echo");
+
+    // HTTP/1.1, by the application's short name and its full authority.
+    for host in [
+        "echo",
+        "echo.default",
+        &format!("echo.default:{}", echo.port),
+    ] {
+        let r = rt
+            .block_on(c.get(client.outbound, host, "/hello?x=1"))
+            .unwrap();
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        assert_eq!(r.body, "e1 /hello");
+        assert_eq!(r.header("x-seen-version"), "HTTP/1.1");
+        assert_eq!(
+            r.header("x-seen-x-meshreg-port"),
+            "",
+            "the inbound route strips the port header"
+        );
+    }
+    // It went through the server-side sidecar.
+    let inbound = format!("inbound|{}||echo.default", echo.port);
+    assert!(
+        server_side.stat(
+            "meshreg_proxy_upstream_rq_total",
+            &format!("cluster=\"{inbound}\",class=\"2xx\"")
+        ) >= 3
+    );
+
+    // h2c end to end.
+    let r = rt
+        .block_on(c.call(
+            true,
+            client.outbound,
+            "echo",
+            "POST",
+            "/h2",
+            &[],
+            &[7u8; 3000],
+        ))
+        .unwrap_or_else(|e| {
+            panic!(
+                "h2c: {e}\n{}\n{}",
+                client.log_text(),
+                server_side.log_text()
+            )
+        });
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
+    assert_eq!(r.header("x-seen-body-bytes"), "3000");
+
+    // A host nothing serves: 404 with the NR flag.
+    let r = rt
+        .block_on(c.get(client.outbound, "nobody.default", "/"))
+        .unwrap();
+    assert_eq!((r.status, r.header("x-meshreg-flags")), (404, "NR"));
+
+    // gRPC: the registry's own gRPC API, registered as an application
+    // behind its own sidecar, called through the client's sidecar.
+    let grpc_port: u16 = xds.rsplit(':').next().unwrap().parse().unwrap();
+    let reg_side = Sidecar::start(dir.path(), &xds, "registry", &[]).unwrap();
+    register(&s, "registry", grpc_port, &sidecar_meta(&reg_side));
+    let authority = format!("registry.default:{grpc_port}");
+    let outbound = client.outbound;
+    let names = rt.block_on(async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ch =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{outbound}"))
+                    .unwrap()
+                    .origin(format!("http://{authority}").parse().unwrap())
+                    .connect()
+                    .await
+                    .unwrap();
+            match RegistryClient::new(ch)
+                .list_namespaces(ListNamespacesRequest::default())
+                .await
+            {
+                Ok(r) => {
+                    break r
+                        .into_inner()
+                        .namespaces
+                        .into_iter()
+                        .map(|n| n.name)
+                        .collect::<Vec<_>>()
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("gRPC through two sidecars: {e}"),
+            }
+        }
+    });
+    assert!(names.contains(&"default".to_string()), "{names:?}");
+    assert!(
+        reg_side.stat("meshreg_proxy_upstream_rq_total", "class=\"2xx\"") >= 1,
+        "the gRPC call went through the registry's sidecar"
+    );
+    assert!(
+        server_side
+            .log_text()
+            .contains("\"GET /hello?x=1 HTTP/1.1\" 200"),
+        "access log"
+    );
+}
+
+/// Runs `tasks` loops of GETs to `host` through `port` until `stop`;
+/// returns (ok, failed, first failure).
+fn load(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    host: &str,
+    tasks: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64, Option<String>)> {
+    let host = host.to_string();
+    rt.spawn(async move {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let first = Arc::new(std::sync::Mutex::new(None::<String>));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..tasks {
+            let (ok, failed, first, stop, host) = (
+                ok.clone(),
+                failed.clone(),
+                first.clone(),
+                stop.clone(),
+                host.clone(),
+            );
+            set.spawn(async move {
+                let c = Caller::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match c
+                        .call(
+                            false,
+                            port,
+                            &host,
+                            "GET",
+                            "/load",
+                            &[("x-delay-ms", "2")],
+                            b"",
+                        )
+                        .await
+                    {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let msg = match other {
+                                Ok(r) => format!(
+                                    "{} {} {}",
+                                    r.status,
+                                    r.header("x-meshreg-flags"),
+                                    r.body
+                                ),
+                                Err(e) => e,
+                            };
+                            first.lock().unwrap().get_or_insert(msg);
+                        }
+                    }
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        let first = first.lock().unwrap().clone();
+        (
+            ok.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+            first,
+        )
+    })
+}
+
+#[test]
+fn an_upstream_killed_under_load_fails_no_idempotent_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let port = free_port();
+    let echos: Vec<Echo> = (2..=4)
+        .map(|i| rt.block_on(Echo::start_on(&format!("e{i}"), [127, 0, 0, i], port)))
+        .collect();
+    for e in &echos {
+        register_at(&s, "echo", &e.ip, e.port, "");
+    }
+    let client = Sidecar::start(dir.path(), &xds, "client", &[]).unwrap();
+    let c = Caller::new();
+    wait_routable(&rt, &c, client.outbound, "echo");
+    assert!(eventually(Duration::from_secs(10), || {
+        let (_, t) = client.admin_get("/clusters");
+        t.matches("::health_flags::healthy").count() == 3
+    }));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let job = load(&rt, client.outbound, "echo", 8, stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut echos = echos;
+    let victim = echos.remove(1);
+    let victim_served = victim.served.clone();
+    victim.kill(); // still registered: only retries and outlier detection can hide it
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, first) = rt.block_on(job).unwrap();
+    assert!(ok > 200, "only {ok} requests made");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed; first: {first:?}\n{}",
+        ok + failed,
+        client.log_text()
+    );
+    assert!(victim_served.load(Ordering::Relaxed) > 0);
+    let cluster = "cluster=\"outbound|";
+    let retried = client.stat("meshreg_proxy_upstream_rq_retry_total", cluster);
+    let ejected = client.stat("meshreg_proxy_outlier_detection_ejections_total", cluster);
+    assert!(retried > 0, "retries hid the failures");
+    assert!(ejected >= 1, "outlier detection ejected the dead endpoint");
+    let (_, clusters) = client.admin_get("/clusters");
+    assert!(clusters.contains("failed_outlier_check"), "{clusters}");
+}
+
+#[test]
+fn configuration_changes_under_load_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let port = free_port();
+    let e1 = rt.block_on(Echo::start_on("e1", [127, 0, 0, 2], port));
+    let e2 = rt.block_on(Echo::start_on("e2", [127, 0, 0, 3], port));
+    register_at(&s, "echo", &e1.ip, port, "");
+    let id2 = register_at(&s, "echo", &e2.ip, port, "");
+    let client = Sidecar::start(dir.path(), &xds, "client", &[]).unwrap();
+    let c = Caller::new();
+    wait_routable(&rt, &c, client.outbound, "echo");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let job = load(&rt, client.outbound, "echo", 8, stop.clone());
+    std::thread::sleep(Duration::from_millis(700));
+    // New endpoint.
+    let e3 = rt.block_on(Echo::start_on("e3", [127, 0, 0, 4], port));
+    register_at(&s, "echo", &e3.ip, port, "");
+    assert!(
+        eventually(Duration::from_secs(10), || e3
+            .served
+            .load(Ordering::Relaxed)
+            > 20),
+        "the new endpoint gets traffic"
+    );
+    // Weight change.
+    register_at(&s, "echo", &e1.ip, port, r#""weight":500"#);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = (
+        e1.served.load(Ordering::Relaxed),
+        e3.served.load(Ordering::Relaxed),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let d1 = e1.served.load(Ordering::Relaxed) - before.0;
+    let d3 = e3.served.load(Ordering::Relaxed) - before.1;
+    assert!(
+        d1 > 3 * d3.max(1),
+        "weight 500 vs 100: e1 got {d1}, e3 {d3}"
+    );
+    // Removed endpoint: deregistered, then stopped a little later.
+    let r = s.delete(&format!("/v1/namespaces/default/instances/echo/{id2}"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    std::thread::sleep(Duration::from_millis(700));
+    let served2 = e2.served.load(Ordering::Relaxed);
+    e2.kill();
+    // New route: a new application becomes routable while the load runs.
+    let o = rt.block_on(Echo::start("other"));
+    register(&s, "other", o.port, "");
+    wait_routable(&rt, &c, client.outbound, "other");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, first) = rt.block_on(job).unwrap();
+    assert!(ok > 300, "only {ok} requests");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed; first: {first:?}",
+        ok + failed
+    );
+    assert!(served2 > 0);
+    assert_eq!(client.stat("meshreg_proxy_xds_nacks_total", ""), 0);
+}
+
+/// A raw TCP "upstream" that answers every connection with `reply` and closes.
+async fn bad_upstream(reply: &'static [u8]) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+            });
+        }
+    });
+    port
+}
+
+async fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn bad_requests_and_bad_upstreams_get_the_right_status_and_never_crash_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let good = rt.block_on(Echo::start("good"));
+    register(&s, "good", good.port, "");
+    let garbage = rt.block_on(bad_upstream(b"this is not HTTP\r\n\r\n"));
+    register(&s, "garbage", garbage, "");
+    let closer = rt.block_on(bad_upstream(b""));
+    register(&s, "closer", closer, "");
+    let mut client = Sidecar::start(dir.path(), &xds, "client", &[]).unwrap();
+    let c = Caller::new();
+    wait_routable(&rt, &c, client.outbound, "good");
+    let port = client.outbound;
+
+    // Malformed requests.
+    let r = rt.block_on(raw(port, b"\x16\x03\x01garbage that is not HTTP\r\n\r\n"));
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 400"), "{r:?}");
+    let r = rt.block_on(raw(
+        port,
+        b"GET / HTTP/1.1\r\nHost: good\r\nBad Header\r\n\r\n",
+    ));
+    assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: good\r\nx-big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let r = rt.block_on(raw(port, big.as_bytes()));
+    assert!(
+        r.is_empty() || r.starts_with("HTTP/1.1 431") || r.starts_with("HTTP/1.1 400"),
+        "{r:?}"
+    );
+    let r = rt.block_on(raw(
+        port,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x09\x00\x00\x00\x00\x00junk",
+    ));
+    let _ = r; // an h2 connection error: the connection closes
+
+    // Bad upstreams.
+    wait_routable_status(&rt, &c, port, "garbage", 503);
+    let r = rt.block_on(c.get(port, "garbage", "/")).unwrap();
+    assert_eq!(
+        (r.status, r.header("x-meshreg-flags")),
+        (503, "UR"),
+        "{}",
+        r.body
+    );
+    let r = rt.block_on(c.get(port, "closer", "/")).unwrap();
+    assert_eq!(
+        (r.status, r.header("x-meshreg-flags")),
+        (503, "UR"),
+        "{}",
+        r.body
+    );
+    // A 5xx from the upstream passes through (after retries, for GET).
+    let r = rt
+        .block_on(c.call(
+            false,
+            port,
+            "good",
+            "POST",
+            "/",
+            &[("x-status", "500")],
+            b"x",
+        ))
+        .unwrap();
+    assert_eq!(r.status, 500);
+
+    // Still alive and serving.
+    assert!(client.is_running(), "{}", client.log_text());
+    assert_eq!(client.admin_get("/ready").0, 200);
+    let r = rt.block_on(c.get(port, "good", "/after")).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "good /after"));
+}
+
+fn wait_routable_status(
+    rt: &tokio::runtime::Runtime,
+    c: &Caller,
+    port: u16,
+    host: &str,
+    status: u16,
+) {
+    let ok = eventually(Duration::from_secs(20), || {
+        rt.block_on(c.get(port, host, "/"))
+            .is_ok_and(|r| r.status == status && r.header("x-meshreg-flags") != "NR")
+    });
+    assert!(ok, "{host} never answered {status}");
+}
+
+#[test]
+fn admin_shows_config_and_drain_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let e = rt.block_on(Echo::start("e"));
+    register(&s, "echo", e.port, r#""labels":{"version":"v1"}"#);
+    let mut client = Sidecar::start(dir.path(), &xds, "client", &[]).unwrap();
+    let c = Caller::new();
+    wait_routable(&rt, &c, client.outbound, "echo");
+
+    let (st, dump) = client.admin_get("/config_dump");
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(v["xds"]["connected"], true);
+    assert_eq!(v["listeners"].as_array().unwrap().len(), 2, "{dump}");
+    let cluster = format!("outbound|{}||echo.default", e.port);
+    let cl = v["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster.as_str())
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert_eq!(
+        cl["endpoints"][0]["address"],
+        format!("127.0.0.1:{}", e.port)
+    );
+    assert_eq!(cl["endpoints"][0]["labels"]["version"], "v1");
+    let (_, clusters) = client.admin_get("/clusters");
+    assert!(
+        clusters.contains(&format!(
+            "{cluster}::127.0.0.1:{}::health_flags::healthy",
+            e.port
+        )),
+        "{clusters}"
+    );
+    let (_, stats) = client.admin_get("/stats");
+    assert!(stats.contains("meshreg_proxy_xds_connected 1"), "{stats}");
+
+    // A slow request in flight survives the drain.
+    let port = client.outbound;
+    let slow = rt.spawn(async move {
+        Caller::new()
+            .call(
+                false,
+                port,
+                "echo",
+                "GET",
+                "/slow",
+                &[("x-delay-ms", "800")],
+                b"",
+            )
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(client.admin_post("/drain"), 200);
+    let r = rt.block_on(slow).unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        client.wait_exit(Duration::from_secs(10)),
+        Some(true),
+        "{}",
+        client.log_text()
+    );
+}
