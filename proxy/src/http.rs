@@ -238,7 +238,12 @@ pub async fn handle(
         flags: "-",
         ..Default::default()
     };
-    let resp = forward(&proxy, &route_name, remote, req, &mut out).await;
+    let mut resp = forward(&proxy, &route_name, remote, req, &mut out).await;
+    if proxy.is_draining() && resp.version() != Version::HTTP_2 {
+        // Draining: ask HTTP/1.1 clients to reconnect (to the new binary).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if access_log {
         tracing::info!(
             target: "access",

@@ -100,7 +100,8 @@ impl Proxy {
         Arc::clone(&self.runtime.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Rebuilds the runtime and the listener set from the accepted resources.
+    /// Rebuilds the runtime from the accepted resources, and the listener
+    /// set once the configuration is warm.
     pub fn apply_config(&self) {
         let ads = self.ads();
         let old = self.runtime();
@@ -112,6 +113,12 @@ impl Proxy {
             });
         }
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rt);
+        // Listener warming: a new or changed listener set takes effect only
+        // once every route, cluster and endpoint set it leads to has been
+        // received, so no connection is accepted before it can be routed.
+        if !ads.is_warm() {
+            return;
+        }
         let listeners: Vec<ListenerCfg> = ads
             .res
             .listeners

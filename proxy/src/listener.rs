@@ -206,8 +206,36 @@ async fn serve(
         .max_concurrent_streams(1024)
         .adaptive_window(true);
     let builder = Arc::new(builder);
+    // Drain: keep accepting for the first half of the drain timeout (at
+    // most 2 s), answering with `Connection: close`, so that a new binary
+    // sharing the port (SO_REUSEPORT) takes over new connections before this
+    // socket closes; then close it and shut the connections down gracefully.
+    let drain_timeout = Duration::from_millis(proxy.bootstrap.drain_timeout_ms);
+    let accept_for = (drain_timeout / 2).min(Duration::from_secs(2));
+    let mut accept_until: Option<tokio::time::Instant> = None;
+    let spawn_conn = |stream: TcpStream, remote: SocketAddr| {
+        let _ = stream.set_nodelay(true);
+        stats.cx_total.fetch_add(1, Relaxed);
+        let c = cfg.borrow().clone();
+        let proxy = Arc::clone(&proxy);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            stats.cx_active.fetch_add(1, Relaxed);
+            handle_conn(proxy, c, stream, remote, builder, watcher, &stats).await;
+            stats.cx_active.fetch_sub(1, Relaxed);
+        });
+    };
     loop {
+        let grace = async {
+            match accept_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = grace => break,
             acc = sock.accept() => {
                 let (stream, remote) = match acc {
                     Ok(a) => a,
@@ -217,25 +245,27 @@ async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                stats.cx_total.fetch_add(1, Relaxed);
-                let c = cfg.borrow().clone();
-                let proxy = Arc::clone(&proxy);
-                let builder = Arc::clone(&builder);
-                let watcher = graceful.watcher();
-                let stats = Arc::clone(&stats);
-                tokio::spawn(async move {
-                    stats.cx_active.fetch_add(1, Relaxed);
-                    handle_conn(proxy, c, stream, remote, builder, watcher, &stats).await;
-                    stats.cx_active.fetch_sub(1, Relaxed);
-                });
+                spawn_conn(stream, remote);
             }
-            _ = crate::until_true(&mut stop) => break,
+            _ = crate::until_true(&mut stop), if accept_until.is_none() => {
+                // A listener removed by LDS closes at once; a proxy-wide
+                // drain keeps accepting for a while (see above).
+                if !proxy.is_draining() {
+                    break;
+                }
+                accept_until = Some(tokio::time::Instant::now() + accept_for);
+            }
         }
     }
+    // Take what is already queued: closing the socket resets it (unless the
+    // kernel migrates it to another SO_REUSEPORT listener, with
+    // net.ipv4.tcp_migrate_req = 1).
+    while let Ok(Ok((stream, remote))) = tokio::time::timeout(Duration::ZERO, sock.accept()).await {
+        spawn_conn(stream, remote);
+    }
     drop(sock);
-    let timeout = Duration::from_millis(proxy.bootstrap.drain_timeout_ms);
-    if tokio::time::timeout(timeout, graceful.shutdown())
+    let rest = drain_timeout.saturating_sub(accept_for);
+    if tokio::time::timeout(rest, graceful.shutdown())
         .await
         .is_err()
     {

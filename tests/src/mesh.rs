@@ -31,12 +31,22 @@ pub fn proxy_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port (bound and released), never the same twice in one
+/// test process: sidecars bind with `SO_REUSEPORT`, so two tests' proxies
+/// handed the same released port would silently share it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `meshreg-proxy`.

@@ -95,7 +95,15 @@ fn http1_h2c_and_grpc_through_two_sidecars() {
                 server_side.log_text()
             )
         });
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.status,
+        200,
+        "{} {:?}\n{}\n{}",
+        r.body,
+        r.headers,
+        client.log_text(),
+        server_side.log_text()
+    );
     assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
     assert_eq!(r.header("x-seen-body-bytes"), "3000");
 
@@ -520,4 +528,73 @@ fn admin_shows_config_and_drain_finishes_in_flight_requests() {
         "{}",
         client.log_text()
     );
+}
+
+#[test]
+fn a_new_binary_takes_over_the_ports_without_refusing_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let e = rt.block_on(Echo::start("e"));
+    register(&s, "echo", e.port, "");
+    let ports = [free_port(), free_port(), free_port()];
+    let mut old = Sidecar::start_at(dir.path(), &xds, "client", ports, &[]).unwrap();
+    let c = Caller::new();
+    wait_routable(&rt, &c, ports[1], "echo");
+
+    // A new connection per request, so every request needs an accept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, port) = (stop.clone(), ports[1]);
+    let job = rt.spawn(async move {
+        let (mut ok, mut failed, mut first) = (0u64, 0u64, None::<String>);
+        while !stop2.load(Ordering::Relaxed) {
+            match Caller::new()
+                .call(
+                    false,
+                    port,
+                    "echo",
+                    "GET",
+                    "/",
+                    &[("connection", "close")],
+                    b"",
+                )
+                .await
+            {
+                Ok(r) if r.status == 200 => ok += 1,
+                other => {
+                    failed += 1;
+                    first.get_or_insert(format!("{other:?}"));
+                }
+            }
+        }
+        (ok, failed, first)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // The new binary binds the same ports (SO_REUSEPORT), then the old one drains.
+    let mut new = Sidecar::start_at(dir.path(), &xds, "client", ports, &[]).unwrap();
+    old.terminate();
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(10)),
+        Some(true),
+        "{}",
+        old.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, first) = rt.block_on(job).unwrap();
+    assert!(ok > 50, "only {ok} requests");
+    // The old listener keeps accepting during the drain and takes what is
+    // queued before it closes; a connection that reaches its queue in the
+    // instant between that and the close is reset by the kernel unless
+    // net.ipv4.tcp_migrate_req = 1 moves it to the new listener.
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
+    let allowed = if migrate.trim() == "1" { 0 } else { 1 };
+    assert!(
+        failed <= allowed,
+        "{failed} of {} failed: {first:?}",
+        ok + failed
+    );
+    assert!(new.is_running());
+    assert_eq!(new.admin_get("/ready").0, 200);
 }

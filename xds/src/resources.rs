@@ -404,7 +404,10 @@ fn circuit_breakers() -> cluster::CircuitBreakers {
             max_connections: Some(UInt32Value { value: 1024 }),
             max_pending_requests: Some(UInt32Value { value: 1024 }),
             max_requests: Some(UInt32Value { value: 1024 }),
-            max_retries: Some(UInt32Value { value: 3 }),
+            // Envoy's default of 3 retries in flight per cluster fails requests
+            // as soon as a few callers retry at once (one endpoint dying under
+            // load); each request is still bounded by its route's num_retries.
+            max_retries: Some(UInt32Value { value: 1024 }),
             ..Default::default()
         }],
         ..Default::default()

@@ -232,7 +232,7 @@ fn clusters_have_outlier_detection_and_circuit_breakers() {
         assert_eq!(t.max_connections, u(1024));
         assert_eq!(t.max_pending_requests, u(1024));
         assert_eq!(t.max_requests, u(1024));
-        assert_eq!(t.max_retries, u(3));
+        assert_eq!(t.max_retries, u(1024));
     }
 }
 

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# meshreg-proxy vs nginx as a one-hop HTTP/1.1 reverse proxy, measured with
+# oha at a constant rate with latency correction and at saturation, and the
+# sidecar's resident memory idle (1,000 endpoints) and per 1,000 open client
+# connections. Results go to BENCHMARKS.md by hand.
+#
+# Layout (2 cores): the proxy under test (meshreg-proxy with one worker
+# thread, or nginx with one worker) alone on core 1; the upstream (nginx,
+# one worker, `return 200` of 1 KiB), oha and meshreg on core 0. Every
+# request is a keep-alive POST of 1 KiB answered with 1 KiB, 16 connections.
+#
+# Needs: nginx (Debian), oha (cargo install oha); scripts/install-bench-deps.sh
+# installs both. Usage: benches/proxy-bench.sh [duration_secs]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-20}
+RATE=${RATE:-1000}
+CONNS=${CONNS:-16}
+command -v oha >/dev/null || { echo "oha not found: scripts/install-bench-deps.sh" >&2; exit 1; }
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || { echo "nginx not found: scripts/install-bench-deps.sh" >&2; exit 1; }
+
+cargo build --release -q -p meshreg -p meshreg-proxy
+BIN=${CARGO_TARGET_DIR:-target}/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+UP=18080 NGX=18081 OUT=18001 IN=18006 ADMIN=18000 HTTP=18070 GRPC=18071 RAFT=18072
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+printf '%s' "$BODY" > "$WORK/body"
+
+nginx_conf() { # name port body-of-server-block
+  mkdir -p "$WORK/$1/logs"
+  cat > "$WORK/$1/nginx.conf" <<EOF
+worker_processes 1;
+error_log $WORK/$1/logs/error.log warn;
+pid $WORK/$1/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1;
+  fastcgi_temp_path $WORK/$1; uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$2 reuseport backlog=4096; $3 }
+}
+EOF
+}
+nginx_conf upstream $UP "location / { client_body_buffer_size 16k; return 200 '$BODY'; }"
+nginx_conf proxy $NGX "location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+
+taskset -c 0 "$NGINX" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+taskset -c 1 "$NGINX" -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" -g 'daemon off;' & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
+taskset -c 0 "$BIN/meshreg" server --data-dir "$WORK/reg" --http-addr 127.0.0.1:$HTTP \
+  --grpc-addr 127.0.0.1:$GRPC --raft-addr 127.0.0.1:$RAFT >/dev/null 2>"$WORK/reg.log" & PIDS+=($!)
+for _ in $(seq 100); do curl -sf localhost:$HTTP/readyz >/dev/null && break; sleep 0.1; done
+curl -sf -XPOST localhost:$HTTP/v1/namespaces/default/instances \
+  -d "{\"app\":\"up\",\"address\":\"127.0.0.1\",\"ports\":{\"http\":$UP}}" >/dev/null
+MESHREG_PROXY_WORKERS=1 taskset -c 1 "$BIN/meshreg-proxy" --app bench --xds 127.0.0.1:$GRPC \
+  --bind-ip 127.0.0.1 --admin-port $ADMIN --outbound-port $OUT --inbound-port $IN \
+  2>"$WORK/proxy.log" & PPID_PROXY=$!; PIDS+=($PPID_PROXY)
+for _ in $(seq 100); do curl -sf localhost:$ADMIN/ready >/dev/null && break; sleep 0.1; done
+curl -sf -H 'Host: up' -d x localhost:$OUT/ | head -c 10 >/dev/null || { echo "proxy not routing"; cat "$WORK/proxy.log"; exit 1; }
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
+oha_run() { # label port host extra-args...
+  local label=$1 port=$2 host=$3; shift 3
+  local pid=$PPID_PROXY
+  [ "$port" = "$NGX" ] && pid=$NGINX_WORKER
+  local t0; t0=$(cpu_ticks "$pid")
+  taskset -c 0 oha -z "${DUR}s" -c "$CONNS" --no-tui --output-format json -m POST -D "$WORK/body" \
+    -H "Host: $host" "$@" "http://127.0.0.1:$port/" > "$WORK/$label.json"
+  local t1; t1=$(cpu_ticks "$pid")
+  [ "$port" = "$UP" ] && t1=$t0
+  python3 - "$WORK/$label.json" "$label" "$(( t1 - t0 ))" "$DUR" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1])); label = sys.argv[2]
+s = d["summary"]; p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+errs = sum(d.get("errorDistribution", {}).values())
+cpu = int(sys.argv[3]) / 100 / float(sys.argv[4])
+per_core = f"{s['requestsPerSec'] / cpu:8.0f}" if cpu > 0 else "       -"
+print(f"{label:20s} rps={s['requestsPerSec']:7.0f} p50={p['p50']*1000:6.3f}ms p99={p['p99']*1000:6.3f}ms "
+      f"p99.9={p['p99.9']*1000:6.3f}ms proxy-cpu={cpu:4.2f} rps/core={per_core} codes={codes} errors={dict(d.get('errorDistribution', {}))}")
+EOF
+}
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "--- warm-up"; oha_run warmup $OUT up -q "$RATE" >/dev/null
+echo "--- constant rate $RATE rps, latency correction, $CONNS connections, ${DUR}s"
+oha_run direct-rate $UP up -q "$RATE" --latency-correction
+oha_run meshreg-proxy-rate $OUT up -q "$RATE" --latency-correction
+oha_run nginx-rate $NGX up -q "$RATE" --latency-correction
+echo "--- saturation, $CONNS connections, ${DUR}s (proxy alone on core 1)"
+oha_run direct-max $UP up
+oha_run meshreg-proxy-max $OUT up
+oha_run nginx-max $NGX up
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+echo "--- memory"
+echo "meshreg-proxy RSS after the load runs: $(rss "$PPID_PROXY") KiB"
+# 1,000 endpoints: 100 applications x 10 instances, all routed by the outbound listener.
+python3 - "$HTTP" <<'EOF'
+import json, sys, urllib.request
+port = sys.argv[1]
+for a in range(100):
+    for i in range(10):
+        body = json.dumps({"app": f"app{a}", "address": f"10.1.{a}.{i+1}", "ports": {"http": 8080}}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/namespaces/default/instances", body, {"content-type": "application/json"})).read()
+EOF
+for _ in $(seq 100); do
+  n=$(curl -s localhost:$ADMIN/clusters | grep -c '::health_flags::' || true)
+  [ "$n" -ge 1001 ] && break; sleep 0.2
+done
+echo "endpoints configured: $(curl -s localhost:$ADMIN/clusters | grep -c '::health_flags::')"
+# Idle: restart the proxy so the load runs' buffers do not count.
+kill "$PPID_PROXY"; wait "$PPID_PROXY" 2>/dev/null || true
+MESHREG_PROXY_WORKERS=1 taskset -c 1 "$BIN/meshreg-proxy" --app bench --xds 127.0.0.1:$GRPC \
+  --bind-ip 127.0.0.1 --admin-port $ADMIN --outbound-port $OUT --inbound-port $IN \
+  2>"$WORK/proxy2.log" & PPID_PROXY=$!; PIDS+=($PPID_PROXY)
+for _ in $(seq 100); do curl -sf localhost:$ADMIN/ready >/dev/null && break; sleep 0.1; done
+sleep 1
+IDLE=$(rss "$PPID_PROXY")
+echo "meshreg-proxy RSS idle with $(curl -s localhost:$ADMIN/clusters | grep -c '::health_flags::') endpoints: $IDLE KiB"
+conns() { # label port pid
+python3 - "$2" "$3" "$1" <<'EOF'
+import socket, sys, time
+port, pid, label = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+rss = lambda: int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1])
+before = rss()
+socks = []
+for _ in range(1000):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: up\r\n\r\n")
+    socks.append(s)
+for s in socks:
+    s.recv(65536)
+time.sleep(1)
+after = rss()
+print(f"{label} RSS idle {before} KiB; with 1,000 open keep-alive client connections {after} KiB (+{after - before} KiB)")
+EOF
+}
+conns meshreg-proxy "$OUT" "$PPID_PROXY"
+conns nginx "$NGX" "$NGINX_WORKER"
