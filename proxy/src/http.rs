@@ -204,9 +204,11 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// What the access log records of one request.
+/// What the access log records of one request (filled only when it is on).
 #[derive(Debug, Default)]
-pub struct Outcome2 {
+pub struct LogInfo {
+    /// Whether the access log is on.
+    pub enabled: bool,
     /// Response flags, `-` when none.
     pub flags: &'static str,
     /// Upstream host of the last attempt.
@@ -234,7 +236,8 @@ pub async fn handle(
     } else {
         (Method::GET, None, Version::HTTP_11)
     };
-    let mut out = Outcome2 {
+    let mut out = LogInfo {
+        enabled: access_log,
         flags: "-",
         ..Default::default()
     };
@@ -266,25 +269,24 @@ async fn forward(
     route_name: &str,
     remote: SocketAddr,
     req: Request<Incoming>,
-    out: &mut Outcome2,
+    out: &mut LogInfo,
 ) -> Response<RespBody> {
     let rt = proxy.runtime();
     let Some(table) = rt.routes.get(route_name) else {
         out.flags = "NR";
         return local_reply(StatusCode::NOT_FOUND, "NR", "no route configuration");
     };
-    let authority: String = req
+    let authority: &str = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_string())
+        .map(|a| a.as_str())
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
         })
         .unwrap_or_default();
-    let Some(vh) = table.vhost(&authority) else {
+    let Some(vh) = table.vhost(authority) else {
         out.flags = "NR";
         return local_reply(
             StatusCode::NOT_FOUND,
@@ -292,15 +294,11 @@ async fn forward(
             &format!("no virtual host for {authority:?}"),
         );
     };
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let pq_str = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let Some(route) = vh
         .routes
         .iter()
-        .find(|r| r.matches(req.method(), &pq, &authority, req.headers()))
+        .find(|r| r.matches(req.method(), pq_str, authority, req.headers()))
     else {
         out.flags = "NR";
         return local_reply(StatusCode::NOT_FOUND, "NR", "no route matched");
@@ -327,7 +325,9 @@ async fn forward(
         }
         chosen
     };
-    out.cluster = Some(cluster_name.clone());
+    if out.enabled {
+        out.cluster = Some(cluster_name.clone());
+    }
     let Some(cluster) = rt.clusters.get(cluster_name) else {
         out.flags = "NC";
         return local_reply(
@@ -359,6 +359,11 @@ async fn forward(
         .map(|v| hash64(v.as_bytes()));
 
     let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     strip_hop_by_hop(&mut parts.headers);
     for h in &route.remove_headers {
         parts.headers.remove(h);
@@ -366,7 +371,11 @@ async fn forward(
     if let Some(host) = &f.host_rewrite {
         parts.headers.insert(header::HOST, host.clone());
     } else if !h2 && !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&authority) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             parts.headers.insert(header::HOST, v);
         }
     }
@@ -428,15 +437,35 @@ async fn forward(
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream");
         };
         let ep = Arc::clone(&host.state);
-        out.upstream = Some(ep.authority.clone());
-        let uri: Uri = match format!("http://{}{}", host.cfg.authority, pq).parse() {
-            Ok(u) => u,
-            Err(e) => {
+        if out.enabled {
+            out.upstream = Some(ep.authority.clone());
+        }
+        let uri = ep.uri_authority.clone().map(|a| {
+            Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(a)
+                .path_and_query(pq.clone())
+                .build()
+        });
+        let uri: Uri = match uri {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
                 out.flags = "DPE";
                 return local_reply(
                     StatusCode::BAD_REQUEST,
                     "DPE",
                     &format!("request target: {e}"),
+                );
+            }
+            None => {
+                out.flags = "UH";
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UH",
+                    &format!(
+                        "endpoint address {:?} is not a valid authority",
+                        ep.authority
+                    ),
                 );
             }
         };

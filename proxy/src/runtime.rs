@@ -53,6 +53,8 @@ struct Outlier {
 pub struct EndpointState {
     /// `host:port` dialled.
     pub authority: String,
+    /// The same, parsed for request URIs (`None` if it does not parse).
+    pub uri_authority: Option<http::uri::Authority>,
     /// Stats.
     pub stats: EndpointStats,
     outlier: Mutex<Outlier>,
@@ -84,6 +86,7 @@ impl EndpointState {
     fn new(authority: &str) -> Self {
         EndpointState {
             authority: authority.to_string(),
+            uri_authority: authority.parse().ok(),
             stats: EndpointStats::default(),
             outlier: Mutex::new(Outlier::default()),
             ejected_until_ns: AtomicU64::new(0),
