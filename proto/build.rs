@@ -19,7 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/istio/networking/v1alpha3/service_entry.proto",
         "proto/istio/networking/v1alpha3/workload_entry.proto",
     ];
-    for p in protos.iter().chain(&istio) {
+    // The client side of etcd's v3 API that the etcd adapter uses
+    // (`KV.Range`, `Watch.Watch`): meshreg's own wire-compatible subset of
+    // etcd's api/, laid out under etcd's import paths. Client only.
+    let etcd = [
+        "proto/etcd/api/mvccpb/kv.proto",
+        "proto/etcd/api/etcdserverpb/rpc.proto",
+    ];
+    for p in protos.iter().chain(&istio).chain(&etcd) {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
@@ -33,5 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::envoy_types::pb::google::protobuf")
         .btree_map(".")
         .compile_protos(&istio, &["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&etcd, &["proto"])?;
     Ok(())
 }

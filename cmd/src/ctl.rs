@@ -160,8 +160,9 @@ enum CtlCmd {
         #[arg(long, env = "MESHREG_HTTP", default_value = "http://127.0.0.1:7070")]
         http: String,
     },
-    /// Registries this cluster imports (MCP sources): state, last sync,
-    /// record counts, quarantined records with reasons. Ask the leader.
+    /// Registries this cluster imports (MCP, ZooKeeper and etcd sources):
+    /// state, last sync, record counts, quarantined records with reasons.
+    /// Ask the leader.
     Sources {
         /// HTTP address of the node to ask.
         #[arg(long, env = "MESHREG_HTTP", default_value = "http://127.0.0.1:7070")]
@@ -322,20 +323,22 @@ fn sources(http: &str, json_out: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<5} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  LAST ERROR",
+        "{:<16} {:<9} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  LAST ERROR",
         "SOURCE", "KIND", "ADDRESS", "STATE", "RECORDS", "UPSERTED", "REMOVED", "QUARANTINED"
     );
     for s in v["sources"].as_array().into_iter().flatten() {
         println!(
-            "{:<16} {:<5} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  {}",
+            "{:<16} {:<9} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  {}",
             s["name"].as_str().unwrap_or("-"),
             s["kind"].as_str().unwrap_or("-"),
             s["address"].as_str().unwrap_or("-"),
             s["state"].as_str().unwrap_or("-"),
-            s["records"],
-            s["upserted"],
-            s["removed"],
-            s["quarantined"].as_array().map_or(0, Vec::len),
+            s["records"].as_u64().unwrap_or(0),
+            s["upserted"].as_u64().unwrap_or(0),
+            s["removed"].as_u64().unwrap_or(0),
+            s["quarantined_total"]
+                .as_u64()
+                .unwrap_or_else(|| s["quarantined"].as_array().map_or(0, |q| q.len() as u64)),
             s["last_error"].as_str().unwrap_or("")
         );
         for q in s["quarantined"].as_array().into_iter().flatten() {

@@ -12,7 +12,7 @@ use meshreg_registry::config::Config;
 use meshreg_registry::server::{self, Listeners};
 use meshreg_xds::config::XdsConfig;
 use meshreg_xds::server::AdsServer;
-use meshreg_xds::sink::{McpSource, Sinks};
+use meshreg_xds::sink::{Sinks, SourceConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,7 +70,7 @@ struct ServerArgs {
 
 impl ServerArgs {
     /// The registry's config, the `[xds]` section and the `[[sources]]`.
-    fn config(&self) -> anyhow::Result<(Config, XdsConfig, Vec<McpSource>)> {
+    fn config(&self) -> anyhow::Result<(Config, XdsConfig, Vec<SourceConfig>)> {
         let (mut c, xds, sources) = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -83,7 +83,7 @@ impl ServerArgs {
                     })?,
                     None => XdsConfig::default(),
                 };
-                let sources: Vec<McpSource> = match table.remove("sources") {
+                let sources: Vec<SourceConfig> = match table.remove("sources") {
                     Some(v) => v.try_into().map_err(|e| {
                         anyhow::anyhow!("invalid [[sources]] in {}: {e}", p.display())
                     })?,
@@ -97,13 +97,7 @@ impl ServerArgs {
             None => (Config::default(), XdsConfig::default(), Vec::new()),
         };
         for s in &sources {
-            anyhow::ensure!(
-                s.kind == "mcp",
-                "invalid [[sources]] {:?}: kind {:?} is not supported (supported: mcp)",
-                s.name,
-                s.kind
-            );
-            meshreg_registry::model::validate::name("sources.name", &s.name, 63)
+            s.validate()
                 .map_err(|e| anyhow::anyhow!("invalid [[sources]]: {e}"))?;
         }
         if let Some(v) = self.node_id {
@@ -174,7 +168,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let extend = move |node: &Arc<meshreg_registry::node::Node>| {
         let ads = AdsServer::start(node.clone(), xds_config);
         let sinks = Sinks::start(node.clone(), sources).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "MCP sources not started");
+            tracing::error!(error = %e, "sources not started");
             Sinks::default()
         });
         server::Extension {

@@ -1,4 +1,6 @@
-//! Generated protobuf and gRPC code for meshreg's own APIs.
+//! Generated protobuf and gRPC code for meshreg's own APIs, and for the
+//! parts of other systems' APIs that meshreg speaks (Istio's MCP
+//! resources, an etcd v3 client).
 //!
 //! Generated code only: conversions to domain types live in the crates that
 //! own those types. Built with a vendored `protoc` (see `build.rs`).
@@ -14,6 +16,10 @@
 //!   (`proto/istio/`). `google.protobuf.Any`/`Timestamp` in them are
 //!   `envoy_types::pb::google::protobuf` types; maps are `BTreeMap`s, so
 //!   encoding is deterministic.
+//! - [`etcd::etcdserverpb`] and [`etcd::mvccpb`]: a gRPC client for etcd v3's
+//!   `KV.Range` and `Watch.Watch`, meshreg's own wire-compatible subset of
+//!   etcd's `api/etcdserverpb/rpc.proto` and `api/mvccpb/kv.proto`
+//!   (`proto/etcd/api/`), for the etcd adapter. Client only; no other RPCs.
 
 /// `meshreg.registry.*` packages.
 pub mod registry {
@@ -71,5 +77,25 @@ pub mod istio {
             pub const SERVICE_ENTRY_TYPE_URL: &str =
                 "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry";
         }
+    }
+}
+
+/// etcd v3's API, the subset the etcd adapter uses (`proto/etcd/api/`).
+/// The modules keep etcd's package names, so the generated code's
+/// `super::mvccpb` paths resolve.
+pub mod etcd {
+    /// `etcdserverpb`: the `KV` client with `Range`
+    /// ([`etcdserverpb::kv_client::KvClient`]) and the `Watch` client with
+    /// the bidirectional `Watch` stream
+    /// ([`etcdserverpb::watch_client::WatchClient`]), with their messages.
+    #[allow(missing_docs, clippy::all, missing_debug_implementations)]
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+
+    /// `mvccpb`: `KeyValue` and the watch `Event`.
+    #[allow(missing_docs, clippy::all, missing_debug_implementations)]
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
     }
 }

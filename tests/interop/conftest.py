@@ -23,13 +23,13 @@ def free_port():
 class Meshreg:
     """A `meshreg server` on loopback ports chosen by the OS."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, extra_args=()):
         binary = os.environ.get("MESHREG_BIN", str(ROOT / "target" / "debug" / "meshreg"))
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir / "server.log", "w")
         self.proc = subprocess.Popen(
             [binary, "server", "--data-dir", str(data_dir), "--http-addr", "127.0.0.1:0",
-             "--grpc-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"],
+             "--grpc-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", *extra_args],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         if not line:

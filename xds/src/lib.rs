@@ -3,8 +3,9 @@
 //! proxyless gRPC clients, Envoy-style sidecars and the SDK.
 //!
 //! The same ADS server is an MCP-over-xDS source for istiod: it serves
-//! `networking.istio.io/v1alpha3/ServiceEntry` ([`mcp`]). It does not consume
-//! other registries (MCP sink, adapters). The bundled sidecar's listeners,
+//! `networking.istio.io/v1alpha3/ServiceEntry` ([`mcp`]). On the leader it
+//! also imports other registries ([`sink`]: MCP sources, and ZooKeeper and
+//! etcd through `meshreg-adapters`). The bundled sidecar's listeners,
 //! routes and inbound clusters are built from their names ([`sidecar`]); the
 //! sidecar itself (`meshreg-proxy`) is another crate.
 //!
@@ -13,7 +14,7 @@
 //! - [`sidecar`]: the sidecar's listeners, routes and inbound clusters (`sidecar|…`, `inbound|…`).
 //! - [`cache`]: built resources shared by all streams, invalidated per app/service.
 //! - [`protocol`]: the per-stream SotW and delta protocol, sans I/O.
-//! - [`sink`]: the MCP sink: another MCP source's ServiceEntries as that source's records.
+//! - [`sink`]: sources (MCP, ZooKeeper, etcd) written as each source's records.
 //! - [`server`]: the ADS server, debouncer, client list and metrics.
 //! - [`config`]: the `[xds]` settings.
 //! - [`mcp`]: the registry view as Istio ServiceEntries for MCP-over-xDS (docs/mcp.md).

@@ -1,13 +1,24 @@
-//! MCP sink: consumes the ServiceEntries of any MCP-over-xDS source
-//! (another meshreg, Nacos's MCP server, the bridge) and writes them
-//! through Raft as that source's records, with state-of-the-world
-//! semantics per source: a ServiceEntry or endpoint missing from a
-//! response is deleted for that source only, and native registrations or
-//! other sources' records are never touched (a colliding record is
-//! skipped and reported). Each source runs on the leader only and moves
-//! with leadership; it reconnects with capped exponential backoff and
-//! jitter. Invalid records are quarantined with the reason and never block
-//! the rest (`GET /v1/sources`).
+//! Sources: other registries whose services this cluster imports, each
+//! written through Raft as that source's records with state-of-the-world
+//! semantics per source: a record missing from the source's current set is
+//! deleted for that source only, and native registrations or other
+//! sources' records are never touched (a colliding record is skipped and
+//! reported). Each source runs on the leader only and moves with
+//! leadership; it reconnects with capped exponential backoff and jitter.
+//! Invalid records are quarantined with the reason and never block the
+//! rest (`GET /v1/sources`).
+//!
+//! Kinds ([`SourceKind`]):
+//! - `mcp`: the ServiceEntries of any MCP-over-xDS source (another
+//!   meshreg, Nacos's MCP server, the bridge); every response is one sync.
+//! - `zookeeper`, `etcd`: Dubbo's registry layouts, read by the adapters of
+//!   `meshreg-adapters` with the registry's own watches; changes are
+//!   debounced and the whole catalog written as one sync (module `adapter`).
+
+mod adapter;
+mod config;
+
+pub use config::{SourceConfig, SourceKind};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshreg_adapters::feed::Feed;
 use meshreg_proto::istio::mcp::v1alpha1::Resource as McpResource;
 use meshreg_proto::istio::networking::v1alpha3::ServiceEntry;
 use meshreg_registry::command::{Command, CommandResponse};
@@ -24,7 +36,7 @@ use meshreg_registry::model::{
 };
 use meshreg_registry::node::Node;
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -34,31 +46,9 @@ use crate::mcp::{APP_ANNOTATION, NAMESPACE_ANNOTATION, SERVICES_ANNOTATION, SERV
 /// it and exports only natively registered instances to it (loop guard).
 pub const SINK_NODE_PREFIX: &str = "meshreg-sink-";
 
-/// One MCP source (a `[[sources]]` entry of the server's TOML config).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct McpSource {
-    /// Name recorded as the provenance of every record it contributes.
-    pub name: String,
-    /// `kind = "mcp"`: an MCP-over-xDS server.
-    #[serde(default = "default_kind")]
-    pub kind: String,
-    /// `host:port` of the source's ADS endpoint.
-    pub address: String,
-    /// Source namespace → local namespace; unmapped namespaces keep their
-    /// name, and records for a namespace that does not exist here are
-    /// quarantined.
-    #[serde(default)]
-    pub namespaces: BTreeMap<String, String>,
-    /// Priority among sources. Today a record that collides with another
-    /// source's (or a native) instance is skipped whatever the priorities.
-    #[serde(default)]
-    pub priority: i32,
-}
-
-fn default_kind() -> String {
-    "mcp".into()
-}
+/// Most quarantined records listed per source in `/v1/sources`
+/// (`quarantined_total` counts them all).
+pub const MAX_QUARANTINE_SHOWN: usize = 1000;
 
 /// What `GET /v1/sources` shows of one source.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -73,14 +63,17 @@ pub struct SourceStatus {
     pub state: &'static str,
     /// Unix time of the last applied sync, ms.
     pub last_sync_ms: Option<u64>,
-    /// Records in the last response.
+    /// Records in the last sync (applied and quarantined).
     pub records: usize,
     /// Totals applied since start.
     pub upserted: u64,
     /// Totals removed since start.
     pub removed: u64,
-    /// Records of the last response not applied: (key, reason).
+    /// Records of the last sync not applied: (key, reason), at most
+    /// [`MAX_QUARANTINE_SHOWN`].
     pub quarantined: Vec<(String, String)>,
+    /// Records of the last sync not applied, all of them.
+    pub quarantined_total: usize,
     /// Last error.
     pub last_error: Option<String>,
 }
@@ -101,20 +94,16 @@ impl Sinks {
     /// Starts one task per source.
     ///
     /// # Errors
-    /// A source of an unsupported kind or with an invalid name.
-    pub fn start(node: Arc<Node>, sources: Vec<McpSource>) -> Result<Self, String> {
+    /// A source that fails [`SourceConfig::validate`]; nothing is started then.
+    pub fn start(node: Arc<Node>, sources: Vec<SourceConfig>) -> Result<Self, String> {
+        for s in &sources {
+            s.validate()?;
+        }
         let sinks = Sinks::default();
         for s in sources {
-            if s.kind != "mcp" {
-                return Err(format!(
-                    "source {:?}: kind {:?} is not supported (supported: mcp)",
-                    s.name, s.kind
-                ));
-            }
-            validate::name("sources.name", &s.name, 63).map_err(|e| e.to_string())?;
             sinks.set(&s.name, |st| {
                 st.name = s.name.clone();
-                st.kind = s.kind.clone();
+                st.kind = s.kind.as_str().to_string();
                 st.address = s.address.clone();
                 st.state = "standby";
             });
@@ -151,8 +140,11 @@ impl Sinks {
     }
 }
 
-async fn run_source(node: Arc<Node>, src: McpSource, sinks: Sinks) {
+async fn run_source(node: Arc<Node>, src: SourceConfig, sinks: Sinks) {
     let mut shutdown = node.shutdown_signal();
+    // An adapter's catalog lives across reconnects, so that records read
+    // again unchanged keep their first-observed time.
+    let feed = Arc::new(Feed::default());
     let mut backoff = Duration::from_millis(200);
     loop {
         if *shutdown.borrow() {
@@ -167,10 +159,16 @@ async fn run_source(node: Arc<Node>, src: McpSource, sinks: Sinks) {
             continue;
         }
         sinks.set(&src.name, |s| s.state = "connecting");
-        match sync_stream(&node, &src, &sinks).await {
+        let run = match src.kind {
+            SourceKind::Mcp => sync_stream(&node, &src, &sinks).await,
+            SourceKind::Zookeeper | SourceKind::Etcd => {
+                adapter::sync_adapter(&node, &src, &sinks, &feed).await
+            }
+        };
+        match run {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
-                tracing::warn!(source = %src.name, error = %e, "MCP source failed; will retry");
+                tracing::warn!(source = %src.name, kind = src.kind.as_str(), error = %e, "source failed; will retry");
                 sinks.set(&src.name, |s| {
                     s.state = "error";
                     s.last_error = Some(e);
@@ -188,7 +186,7 @@ async fn run_source(node: Arc<Node>, src: McpSource, sinks: Sinks) {
 
 /// One connection: subscribe, apply each response, until leadership is
 /// lost (Ok) or the stream fails (Err).
-async fn sync_stream(node: &Arc<Node>, src: &McpSource, sinks: &Sinks) -> Result<(), String> {
+async fn sync_stream(node: &Arc<Node>, src: &SourceConfig, sinks: &Sinks) -> Result<(), String> {
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", src.address))
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", src.address))?;
@@ -224,25 +222,7 @@ async fn sync_stream(node: &Arc<Node>, src: &McpSource, sinks: &Sinks) -> Result
                     Err(s) => return Err(format!("{}: {}", src.address, s.message())),
                 };
                 let (records, quarantined) = decode(node, src, &resp);
-                let n = records.len();
-                let applied = node
-                    .write_local(Command::SyncSource { source: src.name.clone(), records })
-                    .await;
-                match applied {
-                    Ok(CommandResponse::Synced { upserted, removed, skipped, .. }) => {
-                        sinks.set(&src.name, |s| {
-                            s.state = "synced";
-                            s.last_sync_ms = Some(now_ms());
-                            s.records = n + quarantined.len();
-                            s.upserted += u64::from(upserted);
-                            s.removed += u64::from(removed);
-                            s.quarantined = quarantined.into_iter().chain(skipped).collect();
-                            s.last_error = None;
-                        });
-                    }
-                    Ok(other) => return Err(format!("unexpected response to a sync: {other:?}")),
-                    Err(e) => return Err(format!("applying the sync: {e}")),
-                }
+                apply_sync(node, src, sinks, records, quarantined).await?;
                 tx.send(request(resp.version_info.clone(), resp.nonce.clone())).await.map_err(|e| e.to_string())?;
             }
             _ = leadership.tick() => {
@@ -255,10 +235,54 @@ async fn sync_stream(node: &Arc<Node>, src: &McpSource, sinks: &Sinks) -> Result
     }
 }
 
+/// Writes a source's whole current set as one `SyncSource` and records
+/// the outcome in its status.
+async fn apply_sync(
+    node: &Node,
+    src: &SourceConfig,
+    sinks: &Sinks,
+    records: Vec<Registration>,
+    quarantined: Vec<(String, String)>,
+) -> Result<(), String> {
+    let n = records.len();
+    let applied = node
+        .write_local(Command::SyncSource {
+            source: src.name.clone(),
+            records,
+        })
+        .await;
+    match applied {
+        Ok(CommandResponse::Synced {
+            upserted,
+            removed,
+            skipped,
+            ..
+        }) => {
+            sinks.set(&src.name, |s| {
+                s.state = "synced";
+                s.last_sync_ms = Some(now_ms());
+                s.records = n + quarantined.len();
+                s.upserted += u64::from(upserted);
+                s.removed += u64::from(removed);
+                s.quarantined_total = quarantined.len() + skipped.len();
+                s.quarantined = quarantined
+                    .into_iter()
+                    .chain(skipped)
+                    .take(MAX_QUARANTINE_SHOWN)
+                    .collect();
+                s.last_error = None;
+            });
+            Ok(())
+        }
+        Ok(other) => Err(format!("unexpected response to a sync: {other:?}")),
+        Err(e) => Err(format!("applying the sync: {e}")),
+    }
+}
+
 /// Turns a response into validated records, and quarantined (key, reason) pairs.
 fn decode(
     node: &Node,
-    src: &McpSource,
+    src: &SourceConfig,
     resp: &ds::DiscoveryResponse,
 ) -> (Vec<Registration>, Vec<(String, String)>) {
     let mut records = Vec::new();
