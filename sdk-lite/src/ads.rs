@@ -206,6 +206,9 @@ enum StreamEnd {
     Shutdown,
     /// The server closed the stream cleanly (e.g. it is shutting down).
     Closed,
+    /// Nothing is subscribed any more (e.g. after a switch to mesh mode):
+    /// the stream is closed until something is subscribed again.
+    Idle,
     Failed(String),
 }
 
@@ -253,6 +256,11 @@ pub(crate) async fn run(
         .await;
         let delay = match end {
             StreamEnd::Shutdown => return,
+            StreamEnd::Idle => {
+                tracing::debug!(registry = %addr, "nothing subscribed: xDS stream closed");
+                backoff.reset();
+                continue;
+            }
             StreamEnd::Closed => {
                 tracing::info!(registry = %addr, "xDS stream closed by the server; reconnecting");
                 backoff.reset();
@@ -332,6 +340,9 @@ async fn stream_once(
                     if tx.send(req).await.is_err() {
                         return StreamEnd::Failed("request stream closed".into());
                     }
+                }
+                if state.is_empty() {
+                    return StreamEnd::Idle;
                 }
             }
             msg = stream.message() => match msg {

@@ -1,11 +1,13 @@
 //! [`Client`]: configuration ([`Builder`]), registration, subscriptions
-//! and shutdown. The work happens in two background tasks started on
-//! first use: the registration loop ([`crate::session`]) and the delta-ADS
-//! stream ([`crate::ads`]).
+//! and shutdown; its modes, resolvers and gRPC channels are in `modes`
+//! (`client/modes.rs`). The work happens in background tasks started on
+//! first use: the registration loop ([`crate::session`]), the delta-ADS
+//! stream ([`crate::ads`]), and one feeder per gRPC channel
+//! ([`crate::grpc`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -17,9 +19,13 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use crate::ads::{self, Cmd, Watches};
 use crate::cache::DiskCache;
 use crate::endpoints::{EndpointSet, Locality, Origin};
+use crate::mode::{Decision, Mode, ModeSettings, SidecarConfig, SIDECAR_PORT_KEY};
+use crate::resolver::Routed;
 use crate::session::{self, Registration, RegistrationState};
 use crate::target::Target;
 use crate::Error;
+
+mod modes;
 
 /// Largest gRPC message accepted from a registry, as the server's own
 /// limit (`docs/api.md`): 16 MiB.
@@ -94,6 +100,7 @@ pub(crate) struct Config {
     pub request_timeout: Duration,
     pub cache: Option<DiskCache>,
     pub node_id: String,
+    pub mode: ModeSettings,
 }
 
 /// Opens a channel to `addr` within `connect_timeout`.
@@ -130,6 +137,8 @@ pub struct Builder {
     request_timeout: Duration,
     cache_dir: Option<PathBuf>,
     node_id: Option<String>,
+    mode: Mode,
+    mode_settings: ModeSettings,
 }
 
 impl Default for Builder {
@@ -146,6 +155,8 @@ impl Default for Builder {
             request_timeout: Duration::from_secs(5),
             cache_dir: None,
             node_id: None,
+            mode: Mode::Auto,
+            mode_settings: ModeSettings::default(),
         }
     }
 }
@@ -268,8 +279,44 @@ impl Builder {
         self
     }
 
+    /// How calls leave this process (default [`Mode::Auto`]): see
+    /// [`crate::mode`]. `Direct` or `Mesh` here is "explicit config" and
+    /// wins over the environment.
+    pub fn mode(mut self, mode: Mode) -> Builder {
+        self.mode = mode;
+        self
+    }
+
+    /// Where the local sidecar listens. Without it, the addresses come
+    /// from the sidecar's bootstrap file when it exists, else the defaults
+    /// (`127.0.0.1:15001`, inbound port 15006, admin `127.0.0.1:15000`).
+    pub fn sidecar(mut self, sidecar: SidecarConfig) -> Builder {
+        self.mode_settings.sidecar = Some(sidecar);
+        self
+    }
+
+    /// The sidecar's bootstrap file (`meshreg-proxy`'s TOML), instead of
+    /// `$MESHREG_PROXY_BOOTSTRAP` or `/etc/meshreg/proxy.toml`: auto mode
+    /// picks mesh when it exists, and the sidecar's addresses are read
+    /// from it.
+    pub fn sidecar_bootstrap(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.mode_settings.bootstrap = Some(path.into());
+        self
+    }
+
+    /// A file holding `direct`, `mesh` or `auto`, read whenever auto mode
+    /// decides (at first use, on [`Client::reload_mode`], on SIGHUP with
+    /// [`Client::reload_mode_on_sighup`]); it comes after the mode set in
+    /// code and before `MESHREG_MODE`. A missing or empty file, or `auto`,
+    /// says nothing.
+    pub fn mode_file(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.mode_settings.mode_file = Some(path.into());
+        self
+    }
+
     /// Validates the configuration. No I/O: connections are made by
-    /// [`Client::register`] and [`Client::subscribe`].
+    /// [`Client::register`] and [`Client::subscribe`], and the mode is
+    /// decided on first use.
     pub fn build(self) -> Result<Client, Error> {
         let bad = |m: String| Err(Error::Config(m));
         if self.registries.is_empty() {
@@ -293,6 +340,16 @@ impl Builder {
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return bad("a timeout is zero".into());
         }
+        if self.instance.metadata.contains_key(SIDECAR_PORT_KEY) {
+            return bad(format!(
+                "metadata {SIDECAR_PORT_KEY:?} is set by the SDK in mesh mode; give the sidecar's inbound port with .sidecar(..) instead"
+            ));
+        }
+        if let Some(sc) = &self.mode_settings.sidecar {
+            if sc.outbound.port() == 0 || sc.inbound_port == 0 || sc.admin.port() == 0 {
+                return bad("a sidecar port is 0".into());
+            }
+        }
         let node_id = self.node_id.unwrap_or_else(|| {
             let who = if self.instance.app.is_empty() {
                 "meshreg-sdk"
@@ -313,9 +370,11 @@ impl Builder {
             request_timeout: self.request_timeout,
             cache: self.cache_dir.map(DiskCache::new),
             node_id,
+            mode: self.mode_settings,
         };
         let (shutdown, _) = watch::channel(false);
         let (reg_tx, _) = watch::channel(RegistrationState::Idle);
+        let (mode_tx, _) = watch::channel(None);
         Ok(Client {
             inner: Arc::new(Inner {
                 cfg: Arc::new(cfg),
@@ -323,6 +382,11 @@ impl Builder {
                 reg_tx,
                 tasks: Mutex::new(Tasks::default()),
                 watches: Arc::new(Mutex::new(HashMap::new())),
+                configured: Mutex::new(self.mode),
+                mode: mode_tx,
+                switch: tokio::sync::Mutex::new(()),
+                routes: Mutex::new(Vec::new()),
+                user_subs: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -336,12 +400,37 @@ struct Tasks {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     cfg: Arc<Config>,
     shutdown: watch::Sender<bool>,
     reg_tx: watch::Sender<RegistrationState>,
     tasks: Mutex<Tasks>,
     watches: Watches,
+    /// The mode set in code (builder, then `set_mode`); `Auto`: none.
+    configured: Mutex<Mode>,
+    /// The mode in effect; `None` until first decided.
+    mode: watch::Sender<Option<Arc<Decision>>>,
+    /// Serialises deciding and switching the mode with creating routes.
+    switch: tokio::sync::Mutex<()>,
+    /// Targets of live resolvers and gRPC channels.
+    routes: Mutex<Vec<Weak<Routed>>>,
+    /// Names subscribed through [`Client::subscribe`]: kept on a switch
+    /// to mesh mode.
+    user_subs: Mutex<HashSet<String>>,
+}
+
+impl Inner {
+    pub(crate) fn mode_tx(&self) -> &watch::Sender<Option<Arc<Decision>>> {
+        &self.mode
+    }
+
+    pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Inner {
@@ -365,9 +454,21 @@ impl Client {
         Builder::default()
     }
 
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Client {
+        Client { inner }
+    }
+
     /// The namespace this client works in.
     pub fn namespace(&self) -> &str {
         &self.inner.cfg.namespace
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.cfg.request_timeout
+    }
+
+    pub(crate) fn mode_tx(&self) -> &watch::Sender<Option<Arc<Decision>>> {
+        &self.inner.mode
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
@@ -394,6 +495,8 @@ impl Client {
                 "registering needs .app(), .address() and at least one .port()".into(),
             ));
         }
+        // The mode decides the sidecar metadata.
+        self.decision().await?;
         {
             let mut tasks = self.tasks();
             if tasks.shut_down {
@@ -403,7 +506,8 @@ impl Client {
                 let cfg = self.inner.cfg.clone();
                 let tx = self.inner.reg_tx.clone();
                 let rx = self.inner.shutdown.subscribe();
-                tasks.session = Some(tokio::spawn(session::run(cfg, tx, rx)));
+                let mode = self.inner.mode.subscribe();
+                tasks.session = Some(tokio::spawn(session::run(cfg, tx, rx, mode)));
             }
         }
         let mut rx = self.inner.reg_tx.subscribe();
@@ -434,8 +538,16 @@ impl Client {
     /// client's one delta-ADS stream. The subscription starts
     /// [`Origin::Pending`] and empty; it gets the registry's set, or the
     /// cached one when no registry node answers. Subscribing to the same
-    /// target again shares the existing watch.
+    /// target again shares the existing watch. An explicit subscription
+    /// stays in every mode (a [`Resolver`](crate::Resolver)'s own is dropped in mesh mode).
     pub async fn subscribe_target(&self, target: &Target) -> Result<Subscription, Error> {
+        let name = target.resource_name(&self.inner.cfg.namespace);
+        lock(&self.inner.user_subs).insert(name);
+        self.watch_target(target).await
+    }
+
+    /// Subscribes without marking the name as the user's.
+    pub(crate) async fn watch_target(&self, target: &Target) -> Result<Subscription, Error> {
         let name = target.resource_name(&self.inner.cfg.namespace);
         let (cmd_tx, rx, new) = {
             let mut tasks = self.tasks();
@@ -479,9 +591,23 @@ impl Client {
     }
 
     /// Stops watching `target`: the server is told, and every
-    /// [`Subscription`] to it sees its channel close.
+    /// [`Subscription`] to it sees its channel close. A target a
+    /// [`Resolver`](crate::Resolver) or gRPC channel uses in direct mode stays subscribed
+    /// for them.
     pub async fn unsubscribe(&self, target: &Target) -> Result<(), Error> {
         let name = target.resource_name(&self.inner.cfg.namespace);
+        lock(&self.inner.user_subs).remove(&name);
+        let in_use = self
+            .live_routes()
+            .iter()
+            .any(|r| r.name == name && r.receiver().is_some());
+        if in_use {
+            return Ok(());
+        }
+        self.unsubscribe_name(name).await
+    }
+
+    async fn unsubscribe_name(&self, name: String) -> Result<(), Error> {
         let removed = self
             .inner
             .watches
@@ -496,6 +622,14 @@ impl Client {
                 .map_err(|_| Error::Shutdown)?;
         }
         Ok(())
+    }
+
+    /// The ClusterLoadAssignment names this client subscribes to over
+    /// xDS, sorted (none in mesh mode unless subscribed explicitly).
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.inner.watches).keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Graceful shutdown: revokes the session (removing this instance from
@@ -612,6 +746,16 @@ mod tests {
             Err(Error::Config(_))
         ));
         assert!(Client::builder().registry("not a uri").build().is_err());
+        // The sidecar port is the SDK's to set, from the mode.
+        assert!(matches!(
+            b.clone().metadata(SIDECAR_PORT_KEY, "15006").build(),
+            Err(Error::Config(_))
+        ));
+        let zero = SidecarConfig {
+            inbound_port: 0,
+            ..SidecarConfig::default()
+        };
+        assert!(matches!(b.sidecar(zero).build(), Err(Error::Config(_))));
     }
 
     #[tokio::test]
@@ -641,7 +785,7 @@ mod tests {
             )
             .build()
             .unwrap();
-        let req = session::register_request(&c.inner.cfg, 42);
+        let req = session::register_request(&c.inner.cfg, 42, None);
         let e = &req.instances[0];
         let i = e.instance.as_ref().unwrap();
         assert_eq!(
@@ -651,5 +795,9 @@ mod tests {
         assert_eq!(i.ports["grpc"], 9090);
         assert_eq!(i.labels["version"], "v1");
         assert_eq!(e.services[0].port_name, "grpc");
+        assert!(!i.metadata.contains_key(SIDECAR_PORT_KEY), "direct mode");
+        let req = session::register_request(&c.inner.cfg, 42, Some(15006));
+        let i = req.instances[0].instance.as_ref().unwrap();
+        assert_eq!(i.metadata[SIDECAR_PORT_KEY], "15006", "mesh mode");
     }
 }

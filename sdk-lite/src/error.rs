@@ -22,4 +22,25 @@ pub enum Error {
     /// The client was shut down; create a new one.
     #[error("the client is shut down")]
     Shutdown,
+    /// Direct mode has no endpoint to call for the target: the registry
+    /// has no usable instance of it (check `meshreg ctl` or
+    /// `/v1/namespaces/<ns>/instances?app=<app>`), or no registry node
+    /// answered in time and the failover cache had nothing.
+    #[error("no endpoint for {target}: {reason}")]
+    NoEndpoint {
+        /// The target as the client names it.
+        target: String,
+        /// Why there is none.
+        reason: String,
+    },
+    /// A mode switch was refused and the client stays in its current mode:
+    /// the sidecar is not ready (switching to mesh), or a target in use
+    /// got no endpoint set from a registry in time (switching to direct).
+    #[error("cannot switch to {to} mode: {reason}; the current mode stays in effect")]
+    ModeSwitch {
+        /// The mode asked for.
+        to: crate::Mode,
+        /// What is not ready.
+        reason: String,
+    },
 }

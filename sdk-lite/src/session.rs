@@ -17,6 +17,15 @@ use tonic::Code;
 
 use crate::backoff::Backoff;
 use crate::client::Config;
+use crate::mode::{Decision, SIDECAR_PORT_KEY};
+
+/// The mode in effect, as the client publishes it.
+pub(crate) type ModeRx = watch::Receiver<Option<Arc<Decision>>>;
+
+/// The sidecar port the current mode registers (`None` in direct mode).
+fn sidecar_port(mode: &ModeRx) -> Option<u16> {
+    mode.borrow().as_ref().and_then(|d| d.sidecar_port())
+}
 
 /// A successful registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +38,9 @@ pub struct Registration {
     pub revision: u64,
     /// The registry address that took it.
     pub registry: String,
+    /// The `meshreg.io/sidecar-port` registered: the sidecar's inbound
+    /// port in mesh mode, `None` in direct mode.
+    pub sidecar_port: Option<u16>,
 }
 
 /// Where registration stands, as published by [`Client::registration`](crate::Client::registration).
@@ -81,6 +93,8 @@ enum Attempt {
 enum KeepAliveEnd {
     Shutdown,
     SessionLost,
+    /// The mode changed what is registered: register again, same session.
+    Reregister,
     Broken(String),
 }
 
@@ -90,6 +104,7 @@ pub(crate) async fn run(
     cfg: Arc<Config>,
     state: watch::Sender<RegistrationState>,
     mut shutdown: watch::Receiver<bool>,
+    mut mode: ModeRx,
 ) {
     let n = cfg.registries.len();
     let mut idx = fastrand::usize(..n);
@@ -106,6 +121,7 @@ pub(crate) async fn run(
             &mut registered,
             &state,
             &mut shutdown,
+            &mut mode,
             &mut backoff,
         )
         .await;
@@ -138,6 +154,8 @@ pub(crate) async fn run(
     }
 }
 
+// The loop's state and channels, passed by reference (as `ads::stream_once`).
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     cfg: &Config,
     addr: &str,
@@ -145,6 +163,7 @@ async fn attempt(
     registered: &mut bool,
     state: &watch::Sender<RegistrationState>,
     shutdown: &mut watch::Receiver<bool>,
+    mode: &mut ModeRx,
     backoff: &mut Backoff,
 ) -> Attempt {
     if *shutdown.borrow() {
@@ -176,17 +195,22 @@ async fn attempt(
                 }
             }
         };
+        // What is registered follows the mode: marked seen here, so a
+        // change from now on ends the keepalive below and comes back here.
+        mode.borrow_and_update();
+        let port = sidecar_port(mode);
         if !*registered {
-            match call(cfg, client.register(register_request(cfg, id))).await {
+            match call(cfg, client.register(register_request(cfg, id, port))).await {
                 Ok(r) => {
                     *registered = true;
                     backoff.reset();
-                    tracing::info!(registry = %addr, session = id, ids = ?r.ids, revision = r.revision, "registered");
+                    tracing::info!(registry = %addr, session = id, ids = ?r.ids, revision = r.revision, sidecar_port = port, "registered");
                     state.send_replace(RegistrationState::Registered(Registration {
                         session_id: id,
                         ids: r.ids,
                         revision: r.revision,
                         registry: addr.to_string(),
+                        sidecar_port: port,
                     }));
                 }
                 Err(s) => match verdict(&s) {
@@ -201,8 +225,12 @@ async fn attempt(
                 },
             }
         }
-        match keepalive(cfg, &mut client, id, shutdown).await {
+        match keepalive(cfg, &mut client, id, shutdown, mode, port).await {
             KeepAliveEnd::Shutdown => return Attempt::Shutdown(Some(client)),
+            KeepAliveEnd::Reregister => {
+                tracing::info!(registry = %addr, session = id, sidecar_port = sidecar_port(mode), "mode switched: registering again");
+                *registered = false;
+            }
             KeepAliveEnd::SessionLost => {
                 tracing::warn!(registry = %addr, session = id, "session lost (expired or revoked): registering again under a new session");
                 *session = None;
@@ -228,9 +256,22 @@ async fn call<T>(
     }
 }
 
-/// The `Register` request for this instance, bound to `session`.
-pub(crate) fn register_request(cfg: &Config, session: u64) -> pb::RegisterRequest {
+/// The `Register` request for this instance, bound to `session`, with
+/// `meshreg.io/sidecar-port` when `sidecar_port` is set (mesh mode).
+pub(crate) fn register_request(
+    cfg: &Config,
+    session: u64,
+    sidecar_port: Option<u16>,
+) -> pb::RegisterRequest {
     let inst = &cfg.instance;
+    let mut metadata: std::collections::HashMap<String, String> = inst
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(p) = sidecar_port {
+        metadata.insert(SIDECAR_PORT_KEY.to_string(), p.to_string());
+    }
     pb::RegisterRequest {
         instances: vec![pb::register_request::Entry {
             instance: Some(pb::Instance {
@@ -248,11 +289,7 @@ pub(crate) fn register_request(cfg: &Config, session: u64) -> pb::RegisterReques
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
-                metadata: inst
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                metadata,
                 weight: inst.weight,
                 health: pb::Health::Serving as i32,
                 locality: Some(pb::Locality {
@@ -282,7 +319,8 @@ pub(crate) fn register_request(cfg: &Config, session: u64) -> pb::RegisterReques
 }
 
 /// Renews `session` every TTL/3 over one `KeepAlive` stream until the
-/// stream breaks, the session is lost or shutdown is asked. Two intervals
+/// stream breaks, the session is lost, shutdown is asked, or the mode
+/// changes the sidecar port from `registered_port`. Two intervals
 /// without an answer (2/3 of the TTL) count as a broken stream, which
 /// leaves a third of the TTL to reach another node.
 async fn keepalive(
@@ -290,6 +328,8 @@ async fn keepalive(
     client: &mut RegistryClient<Channel>,
     session: u64,
     shutdown: &mut watch::Receiver<bool>,
+    mode: &mut ModeRx,
+    registered_port: Option<u16>,
 ) -> KeepAliveEnd {
     let interval = (cfg.session_ttl / 3).max(Duration::from_millis(100));
     let req = pb::KeepAliveRequest {
@@ -308,9 +348,17 @@ async fn keepalive(
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ok = Instant::now();
+    let mut mode_open = true;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return KeepAliveEnd::Shutdown,
+            r = mode.changed(), if mode_open => {
+                if r.is_err() {
+                    mode_open = false;
+                } else if sidecar_port(mode) != registered_port {
+                    return KeepAliveEnd::Reregister;
+                }
+            }
             _ = ticker.tick() => {
                 if last_ok.elapsed() >= interval * 2 {
                     return KeepAliveEnd::Broken(format!(

@@ -73,6 +73,70 @@ impl Target {
         Ok(Target::service(s))
     }
 
+    /// Parses a `meshreg://<target>` URI (as used for gRPC channels):
+    /// `meshreg://pay:9090`, `meshreg://pay.default:9090`,
+    /// `meshreg://helloworld.Greeter`. The part after `meshreg://` is read
+    /// as [`Target::parse`] reads it (so a port-less name is a service
+    /// name); a trailing `/` is ignored; a string without the scheme is
+    /// read as a plain target.
+    pub fn parse_uri(s: &str) -> Result<Target, Error> {
+        let rest = match s.split_once("://") {
+            Some(("meshreg", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(Error::InvalidTarget {
+                    target: s.to_string(),
+                    reason: format!("scheme {scheme:?}: expected meshreg://<app>[.<namespace>]:<port> or meshreg://<service>"),
+                })
+            }
+            None => s,
+        };
+        Target::parse(rest.strip_suffix('/').unwrap_or(rest)).map_err(|e| match e {
+            Error::InvalidTarget { reason, .. } => Error::InvalidTarget {
+                target: s.to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// The `Host` / `:authority` that names this target to a sidecar's
+    /// outbound listener in namespace `ns` (`docs/xds.md`, "Outbound
+    /// route"): `<app>.<ns>:<port>` for an application port, the service
+    /// name for a service. A cluster name is mapped back when it is one of
+    /// those two in `ns`; otherwise there is no authority and the error
+    /// says why.
+    pub fn mesh_authority(&self, ns: &str) -> Result<String, String> {
+        let suffix = format!(".{ns}");
+        match self {
+            Target::App { app, port } => {
+                let app = app.strip_suffix(&suffix).unwrap_or(app);
+                Ok(format!("{app}.{ns}:{port}"))
+            }
+            Target::Service { name } => Ok(name.clone()),
+            Target::Cluster(name) => {
+                if let Some(rest) = name.strip_prefix("outbound|") {
+                    let mut parts = rest.split('|');
+                    if let (Some(port), Some(""), Some(host), None) =
+                        (parts.next(), parts.next(), parts.next(), parts.next())
+                    {
+                        if let (Ok(port), Some(_)) =
+                            (port.parse::<u16>(), host.strip_suffix(&suffix))
+                        {
+                            return Ok(format!("{host}:{port}"));
+                        }
+                    }
+                } else if let Some(rest) = name.strip_prefix("service|") {
+                    if let Some(svc) = rest.strip_suffix(&suffix) {
+                        return Ok(svc.to_string());
+                    }
+                }
+                Err(format!(
+                    "cluster {name:?} has no name a sidecar routes in namespace {ns:?}; use <app>:<port> or a service name"
+                ))
+            }
+        }
+    }
+
     /// The ClusterLoadAssignment name of this target in namespace `ns`.
     pub fn resource_name(&self, ns: &str) -> String {
         match self {
@@ -125,5 +189,27 @@ mod tests {
         assert!(Target::parse(":80").is_err());
         assert!(Target::parse("pay:0").is_err());
         assert!(Target::parse("a b").is_err());
+    }
+
+    #[test]
+    fn names_targets_to_a_sidecar() {
+        let a = |s: &str| Target::parse_uri(s).unwrap().mesh_authority("default");
+        assert_eq!(a("meshreg://pay:9090").unwrap(), "pay.default:9090");
+        assert_eq!(
+            a("meshreg://pay.default:9090/").unwrap(),
+            "pay.default:9090"
+        );
+        assert_eq!(a("pay:9090").unwrap(), "pay.default:9090");
+        assert_eq!(a("meshreg://shop.Pay").unwrap(), "shop.Pay");
+        assert_eq!(a("outbound|9090||pay.default").unwrap(), "pay.default:9090");
+        assert_eq!(a("service|shop.Pay.default").unwrap(), "shop.Pay");
+        assert!(a("outbound|9090||pay.other").is_err());
+        assert!(a("outbound|9090|v1|pay.default").is_err());
+        assert!(Target::parse_uri("http://pay:9090").is_err());
+        assert!(Target::parse_uri("meshreg://").is_err());
+        assert_eq!(
+            Target::parse_uri("meshreg://pay:9090").unwrap(),
+            Target::app("pay", 9090)
+        );
     }
 }
