@@ -33,6 +33,15 @@ pub enum Error {
         /// Why there is none.
         reason: String,
     },
+    /// An HTTP call made by [`HttpClient`](crate::http::HttpClient) failed:
+    /// the connection, the exchange, or the request timeout.
+    #[error("call to {target} failed: {reason}")]
+    Call {
+        /// The target as the URL names it.
+        target: String,
+        /// What failed.
+        reason: String,
+    },
     /// A mode switch was refused and the client stays in its current mode:
     /// the sidecar is not ready (switching to mesh), or a target in use
     /// got no endpoint set from a registry in time (switching to direct).

@@ -59,6 +59,7 @@ pub mod client;
 pub mod endpoints;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod lb;
 pub mod mode;
 pub mod resolver;

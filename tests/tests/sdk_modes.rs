@@ -162,6 +162,19 @@ async fn mesh_mode_calls_through_two_sidecars_and_subscribes_to_nothing() {
     assert_eq!(resp.body, "e1 /hello");
     // Through both sidecars: the echo's sidecar served it inbound.
     assert!(blocking(|| inbound_2xx(&echo_side, "echo", echo.port)) >= 1);
+    // The HTTP helper takes the same route.
+    let before = blocking(|| inbound_2xx(&echo_side, "echo", echo.port));
+    let resp = caller
+        .http_client()
+        .get(&format!("meshreg://{target}/helper?x=1"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&resp.body()[..], b"e1 /helper");
+    assert_eq!(
+        blocking(|| inbound_2xx(&echo_side, "echo", echo.port)),
+        before + 1
+    );
 
     // gRPC in one line: the registry's own API, registered as an
     // application behind its sidecar, through the caller's sidecar.
@@ -205,6 +218,12 @@ async fn mesh_mode_calls_through_two_sidecars_and_subscribes_to_nothing() {
     assert_eq!(d.mode(), Mode::Direct);
     assert_eq!(d.dial(), format!("127.0.0.1:{}", echo.port));
     assert_eq!(resp.body, "e1 /direct");
+    let resp = direct
+        .http_client()
+        .get(&format!("meshreg://{target}/helper-direct"))
+        .await
+        .unwrap();
+    assert_eq!(&resp.body()[..], b"e1 /helper-direct");
     assert_eq!(
         direct.subscriptions(),
         vec![format!("outbound|{}||echo.default", echo.port)]

@@ -306,6 +306,21 @@ impl Client {
         self.resolve_with(&Target::parse(target)?, lb).await
     }
 
+    /// An HTTP/1.1 client for `meshreg://<target>/<path>` URLs that follows
+    /// the mode (see [`crate::http`]), timing calls out after the
+    /// request timeout.
+    ///
+    /// ```no_run
+    /// # async fn f(client: meshreg_sdk::Client) -> Result<(), meshreg_sdk::Error> {
+    /// let http = client.http_client();
+    /// let resp = http.get("meshreg://pay:8080/health").await?;
+    /// assert!(resp.status().is_success());
+    /// # Ok(()) }
+    /// ```
+    pub fn http_client(&self) -> crate::http::HttpClient {
+        crate::http::HttpClient::new(self.clone(), self.inner.cfg.request_timeout)
+    }
+
     /// A [`Resolver`] for `target` picking with `lb` in direct mode.
     pub async fn resolve_with(&self, target: &Target, lb: LoadBalancer) -> Result<Resolver, Error> {
         let routed = self.route(target.clone(), None).await?;
