@@ -41,16 +41,58 @@ pub enum SubsetFallback {
 /// How to pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    /// Each candidate in turn (weights ignored).
+    /// Each candidate in turn, as often as its weight, interleaved
+    /// (earliest-deadline-first schedule, like Envoy's weighted round robin).
     RoundRobin,
     /// Random, proportional to weight.
     WeightedRandom,
-    /// Two random candidates, the one with fewer requests in flight
-    /// (counted by the [`Pick`]'s guard; weights ignored).
+    /// Two random candidates, the one with fewer requests in flight per
+    /// unit of weight (counted by the [`Pick`]'s guard).
     LeastRequest,
     /// Consistent hashing on a request key ([`LoadBalancer::pick_hashed`]);
     /// each endpoint owns ring points in proportion to its weight.
     RingHash,
+}
+
+/// Earliest-deadline-first schedule over `weights`: position `k` appears
+/// `weights[k]` times (scaled so that there are at most 65,536 slots, each
+/// weight at least 1), spread out: a slot goes to the position whose next
+/// turn is due first, turn `t` of position `k` (of `n`) being due at
+/// `(t - 1 + (k + ½) / n) / weight`: the phase offsets keep endpoints of
+/// equal weight apart instead of side by side.
+fn edf_schedule(weights: &[u64]) -> Vec<usize> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let total: u64 = weights.iter().sum();
+    let cap = 65_536u64.max(weights.len() as u64);
+    let w: Vec<u64> = weights
+        .iter()
+        .map(|x| {
+            if total > cap {
+                (x * cap / total).max(1)
+            } else {
+                *x
+            }
+        })
+        .collect();
+    let slots: u64 = w.iter().sum();
+    let n = w.len() as u128;
+    // Due time of turn t (from 1) of position k, as a fixed-point fraction.
+    let due = |k: usize, t: u64| {
+        let num = (u128::from(t - 1) * 2 * n + 2 * k as u128 + 1) * u128::from(slots);
+        (num << 16) / (2 * n * u128::from(w[k]))
+    };
+    let mut heap: BinaryHeap<Reverse<(u128, usize, u64)>> =
+        (0..w.len()).map(|k| Reverse((due(k, 1), k, 1))).collect();
+    let mut out = Vec::with_capacity(slots as usize);
+    while (out.len() as u64) < slots {
+        let Some(Reverse((_, k, t))) = heap.pop() else {
+            break;
+        };
+        out.push(k);
+        heap.push(Reverse((due(k, t + 1), k, t + 1)));
+    }
+    out
 }
 
 /// Default panic threshold, percent (Envoy's default).
@@ -85,6 +127,11 @@ struct Prepared {
     panic: bool,
     /// WeightedRandom: running sums of candidate weights.
     cumulative: Vec<u64>,
+    /// RoundRobin with unequal weights: positions into `candidates`, each
+    /// as often as its weight (scaled to at most 65,536 slots), interleaved.
+    schedule: Vec<usize>,
+    /// LeastRequest: weight per candidate.
+    weights: Vec<u64>,
     /// RingHash: (point, index into `set.endpoints`), sorted by point.
     ring: Vec<(u64, usize)>,
     /// LeastRequest: counter per candidate.
@@ -197,7 +244,12 @@ impl LoadBalancer {
         }
         let (index, guard) = match self.policy {
             Policy::RoundRobin => {
-                let k = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                let c = self.next.fetch_add(1, Ordering::Relaxed);
+                let k = if p.schedule.is_empty() {
+                    c % n
+                } else {
+                    p.schedule[c % p.schedule.len()]
+                };
                 (p.candidates[k], None)
             }
             Policy::WeightedRandom => {
@@ -215,8 +267,9 @@ impl LoadBalancer {
                     if b >= a {
                         b += 1;
                     }
-                    let load = |i: usize| p.counters[i].load(Ordering::Acquire);
-                    if load(b) < load(a) {
+                    // load(b)/w(b) < load(a)/w(a), without division.
+                    let load = |i: usize| p.counters[i].load(Ordering::Acquire) as u64;
+                    if load(b) * p.weights[a] < load(a) * p.weights[b] {
                         b
                     } else {
                         a
@@ -314,7 +367,15 @@ impl LoadBalancer {
         let mut cumulative = Vec::new();
         let mut ring = Vec::new();
         let mut counters = Vec::new();
+        let mut schedule = Vec::new();
+        let weights: Vec<u64> = candidates
+            .iter()
+            .map(|i| u64::from(set.endpoints[*i].weight.max(1)))
+            .collect();
         match self.policy {
+            Policy::RoundRobin if weights.windows(2).any(|w| w[0] != w[1]) => {
+                schedule = edf_schedule(&weights);
+            }
             Policy::WeightedRandom => {
                 let mut sum = 0u64;
                 for i in &candidates {
@@ -345,6 +406,8 @@ impl LoadBalancer {
             cumulative,
             ring,
             counters,
+            schedule,
+            weights,
         }
     }
 

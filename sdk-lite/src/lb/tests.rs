@@ -37,15 +37,64 @@ fn count(lb: &LoadBalancer, s: &Arc<EndpointSet>, n: usize) -> HashMap<String, u
 fn round_robin_is_exactly_even_and_skips_unusable() {
     let s = set(vec![
         ep(1, 1, Health::Serving),
-        ep(2, 50, Health::Serving),
+        ep(2, 1, Health::Serving),
         ep(3, 1, Health::Unknown),
-        ep(4, 1, Health::Draining),
+        ep(4, 50, Health::Draining),
     ]);
     let lb = LoadBalancer::new(Policy::RoundRobin);
     let m = count(&lb, &s, 300);
     assert_eq!(m.len(), 3, "{m:?}");
     assert!(m.values().all(|c| *c == 100), "{m:?}");
     assert!(!m.contains_key("10.0.0.4"));
+}
+
+#[test]
+fn round_robin_follows_weights_interleaved() {
+    let s = set(vec![
+        ep(1, 5, Health::Serving),
+        ep(2, 1, Health::Serving),
+        ep(3, 1, Health::Serving),
+    ]);
+    let lb = LoadBalancer::new(Policy::RoundRobin);
+    let picks: Vec<String> = (0..700)
+        .map(|_| lb.pick(&s).unwrap().endpoint().address.clone())
+        .collect();
+    let n = |a: &str| picks.iter().filter(|p| p.as_str() == a).count();
+    assert_eq!(
+        (n("10.0.0.1"), n("10.0.0.2"), n("10.0.0.3")),
+        (500, 100, 100)
+    );
+    let longest = picks
+        .chunk_by(|a, b| a == b)
+        .map(<[String]>::len)
+        .max()
+        .unwrap();
+    assert!(
+        longest <= 3,
+        "the weight-5 endpoint ran {longest} times in a row"
+    );
+    // Large weights are scaled to a bounded schedule but keep their ratio.
+    assert_eq!(edf_schedule(&[1_000_000, 3_000_000]).len(), 65_536);
+    let sched = edf_schedule(&[1_000_000, 3_000_000]);
+    assert_eq!(sched.iter().filter(|k| **k == 1).count(), 49_152);
+}
+
+#[test]
+fn least_request_weighs_requests_in_flight_by_weight() {
+    // 10.0.0.2 has twice the requests in flight but four times the weight:
+    // 2/4 < 1/1, so it is the less loaded.
+    let s = set(vec![ep(1, 1, Health::Serving), ep(2, 4, Health::Serving)]);
+    let lb = LoadBalancer::new(Policy::LeastRequest);
+    let mut held = Vec::new();
+    while held.len() < 3 {
+        held.push(lb.pick(&s).unwrap());
+    }
+    let load = |a: &str| held.iter().filter(|p| p.endpoint().address == a).count();
+    assert_eq!((load("10.0.0.1"), load("10.0.0.2")), (1, 2), "first picks");
+    for _ in 0..20 {
+        let p = lb.pick(&s).unwrap();
+        assert_eq!(p.endpoint().address, "10.0.0.2");
+    }
 }
 
 #[test]
