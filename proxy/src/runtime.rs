@@ -524,7 +524,8 @@ impl Cluster {
 
 /// Earliest-deadline-first schedule over the weights: each endpoint
 /// appears `weight` times (weights scaled so the schedule has at most
-/// 65,536 slots, each at least 1), spread out rather than in runs.
+/// 65,536 slots, each at least 1), spread out rather than in runs
+/// (the same construction as the SDK's round robin).
 fn wrr_schedule(hosts: &[Host]) -> Vec<u32> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
@@ -542,26 +543,23 @@ fn wrr_schedule(hosts: &[Host]) -> Vec<u32> {
         })
         .collect();
     let len: u64 = weights.iter().sum();
-    // Deadline of an endpoint's k-th slot: k / w, compared exactly as
-    // k * W / w with W the product-free common scale `len`.
-    let mut heap: BinaryHeap<Reverse<(u128, u32)>> = weights
-        .iter()
-        .enumerate()
-        .map(|(i, w)| Reverse(((u128::from(len) << 16) / u128::from(*w), i as u32)))
+    let n = weights.len() as u128;
+    // Turn t (from 1) of endpoint i (of n) is due at (t - 1 + (i + ½)/n) / w:
+    // the phase offsets keep endpoints of equal weight apart.
+    let due = |i: usize, t: u64| {
+        let num = (u128::from(t - 1) * 2 * n + 2 * i as u128 + 1) * u128::from(len);
+        (num << 16) / (2 * n * u128::from(weights[i]))
+    };
+    let mut heap: BinaryHeap<Reverse<(u128, u32, u64)>> = (0..weights.len())
+        .map(|i| Reverse((due(i, 1), i as u32, 1)))
         .collect();
-    let mut next = vec![1u128; hosts.len()];
     let mut out = Vec::with_capacity(len as usize);
     while (out.len() as u64) < len {
-        let Some(Reverse((_, i))) = heap.pop() else {
+        let Some(Reverse((_, i, t))) = heap.pop() else {
             break;
         };
         out.push(i);
-        let k = &mut next[i as usize];
-        *k += 1;
-        heap.push(Reverse((
-            (*k * (u128::from(len) << 16)) / u128::from(weights[i as usize]),
-            i,
-        )));
+        heap.push(Reverse((due(i as usize, t + 1), i, t + 1)));
     }
     out
 }
