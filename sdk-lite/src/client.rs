@@ -713,6 +713,42 @@ impl Subscription {
         Ok(self.rx.borrow_and_update().clone())
     }
 
+    /// The same target narrowed to the endpoints whose labels include every
+    /// `selector` pair (the instance labels, sent as `envoy.lb` metadata):
+    /// a live view whose snapshots are the source's, filtered. The filter
+    /// runs in a task that ends when the source ends or every clone of the
+    /// returned subscription is dropped. An empty selector selects all.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub fn select(&self, selector: BTreeMap<String, String>) -> Subscription {
+        let filter = move |set: &EndpointSet| -> Arc<EndpointSet> {
+            let mut s = set.clone();
+            s.endpoints
+                .retain(|e| selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+            Arc::new(s)
+        };
+        let mut src = self.rx.clone();
+        let (tx, rx) = watch::channel(filter(&src.borrow_and_update()));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = src.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let next = filter(&src.borrow_and_update());
+                        tx.send_replace(next);
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Subscription {
+            name: self.name.clone(),
+            rx,
+        }
+    }
+
     /// Waits until a snapshot satisfies `f` (checking the current one
     /// first) and returns it.
     pub async fn wait_for(

@@ -2,8 +2,10 @@
 //! with a session kept alive past several TTLs, failover past a dead
 //! registry address, re-registration after the session is revoked behind
 //! its back, deregistration on shutdown; discovery over delta ADS that
-//! follows registrations and deregistrations; and the disk failover cache
-//! serving the last endpoints after the registry is killed.
+//! follows registrations and deregistrations; subset selection over what
+//! the registry sent; a registry restarted with nothing stored (the SDK
+//! registers again and its stream follows the new registry); and the disk
+//! failover cache serving the last endpoints after the registry is killed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -240,4 +242,100 @@ async fn cached_endpoints_are_served_when_no_registry_answers() {
     assert_eq!(cached.endpoints, live.endpoints);
     assert_eq!(cached.version, live.version);
     second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subsets_pick_the_right_endpoints_and_the_sdk_survives_a_registry_restart() {
+    use meshreg_sdk::lb::{LoadBalancer, Policy, SubsetFallback};
+    use std::collections::BTreeMap;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [
+        meshreg_tests::mesh::free_port(),
+        meshreg_tests::mesh::free_port(),
+        meshreg_tests::mesh::free_port(),
+    ];
+    let s = Server::start_at(&dir.path().join("a"), ports, &[]).unwrap();
+    for (i, version) in ["v1", "v2", "v2", "v3"].iter().enumerate() {
+        register_http(
+            &s,
+            &format!(
+                r#"{{"app":"shop","address":"10.2.0.{}","ports":{{"http":8080}},"labels":{{"version":"{version}"}}}}"#,
+                i + 1
+            ),
+        );
+    }
+    let consumer = Client::builder()
+        .registry(s.grpc.clone())
+        .backoff(Duration::from_millis(50), Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut sub = consumer.subscribe("shop:8080").await.unwrap();
+    let set = wait_set(&mut sub, "four instances", |s| s.len() == 4).await;
+
+    // Subsets over what the registry sent: the labels came as envoy.lb metadata.
+    let sel = |v: &str| BTreeMap::from([("version".to_string(), v.to_string())]);
+    let v2 = LoadBalancer::new(Policy::RoundRobin).subset(sel("v2"), SubsetFallback::NoFallback);
+    let picked: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| v2.pick(&set).unwrap().endpoint().address.clone())
+        .collect();
+    assert_eq!(
+        picked.into_iter().collect::<Vec<_>>(),
+        vec!["10.2.0.2", "10.2.0.3"]
+    );
+    let none = LoadBalancer::new(Policy::RoundRobin).subset(sel("v9"), SubsetFallback::NoFallback);
+    assert!(none.pick(&set).is_none());
+    let default = LoadBalancer::new(Policy::RoundRobin)
+        .subset(sel("v9"), SubsetFallback::DefaultSubset(sel("v1")));
+    assert_eq!(default.pick(&set).unwrap().endpoint().address, "10.2.0.1");
+    // The same selector on the subscription: a live, filtered view.
+    let mut only_v2 = sub.select(sel("v2"));
+    let v2_set = wait_set(&mut only_v2, "the v2 view", |s| s.len() == 2).await;
+    assert!(v2_set.endpoints.iter().all(|e| e.labels["version"] == "v2"));
+    register_http(
+        &s,
+        r#"{"app":"shop","address":"10.2.0.5","ports":{"http":8080},"labels":{"version":"v1"}}"#,
+    );
+    wait_set(&mut sub, "a fifth instance", |s| s.len() == 5).await;
+    assert_eq!(
+        only_v2.current().len(),
+        2,
+        "a v1 instance is not in the v2 view"
+    );
+
+    // A provider registers, then the only registry node dies and comes back
+    // on the same addresses with nothing stored: the provider's keepalive
+    // finds its session gone and registers again, and the consumer's stream
+    // reconnects and follows the new registry.
+    let provider = Client::builder()
+        .registry(s.grpc.clone())
+        .app("sdk-app2")
+        .address("10.3.0.1")
+        .port("http", 8080)
+        .session_ttl(Duration::from_millis(1000))
+        .backoff(Duration::from_millis(50), Duration::from_millis(300))
+        .build()
+        .unwrap();
+    provider.register().await.unwrap();
+    s.kill9();
+    let s = Server::start_at(&dir.path().join("b"), ports, &[]).unwrap();
+    assert!(
+        eventually(WAIT, || instances(&s, "sdk-app2").len() == 1),
+        "the provider registered again with the restarted registry"
+    );
+    register_http(
+        &s,
+        r#"{"app":"shop","address":"10.2.0.9","ports":{"http":8080},"labels":{"version":"v2"}}"#,
+    );
+    let set = wait_set(&mut sub, "the restarted registry's view", |s| {
+        s.len() == 1 && s.endpoints[0].address == "10.2.0.9"
+    })
+    .await;
+    assert_eq!(v2.pick(&set).unwrap().endpoint().address, "10.2.0.9");
+    wait_set(&mut only_v2, "the v2 view after the restart", |s| {
+        s.len() == 1 && s.endpoints[0].address == "10.2.0.9"
+    })
+    .await;
+    provider.shutdown().await;
+    consumer.shutdown().await;
 }
