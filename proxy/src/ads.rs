@@ -311,10 +311,8 @@ impl AdsState {
         let mut clusters: BTreeSet<String> = BTreeSet::new();
         for l in self.res.listeners.values() {
             clusters.extend(l.value.tcp_cluster.iter().cloned());
-            if let Some(src) = l.value.http.as_ref().and_then(|h| h.inline_routes.as_ref()) {
-                if let Ok(t) = config::compile_routes(&src.0) {
-                    collect_clusters(&t, &mut clusters);
-                }
+            if let Some(inline) = l.value.http.as_ref().and_then(|h| h.inline_routes.as_ref()) {
+                collect_clusters(&inline.table, &mut clusters);
             }
         }
         for r in self.res.routes.values() {

@@ -89,12 +89,23 @@ pub struct HttpCfg {
     /// RDS route configuration name, or the listener-scoped name of an inline one.
     pub route_name: String,
     /// The inline route configuration, when not RDS.
-    pub inline_routes: Option<Box<RouteTableSrc>>,
+    pub inline_routes: Option<InlineRoutes>,
 }
 
-/// An inline route configuration, kept as its proto (compiled with the rest).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteTableSrc(pub route::RouteConfiguration);
+/// An inline route configuration, compiled once with its listener. Two
+/// are equal when their protos are (the compiled table has no equality).
+#[derive(Debug, Clone)]
+pub struct InlineRoutes {
+    src: Box<route::RouteConfiguration>,
+    /// The compiled table.
+    pub table: std::sync::Arc<RouteTable>,
+}
+
+impl PartialEq for InlineRoutes {
+    fn eq(&self, other: &Self) -> bool {
+        self.src == other.src
+    }
+}
 
 fn decode_any<M: Message + Default>(any: &Any, field: &str) -> Result<M, String> {
     M::decode(any.value.as_slice())
@@ -155,11 +166,14 @@ pub fn compile_listener(l: &listener::Listener) -> Result<ListenerCfg, String> {
                         inline_routes: None,
                     },
                     Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
-                        compile_routes(&rc)?;
+                        let table = std::sync::Arc::new(compile_routes(&rc)?);
                         HttpCfg {
                             stat_prefix: m.stat_prefix,
                             route_name: format!("{}#inline", l.name),
-                            inline_routes: Some(Box::new(RouteTableSrc(rc))),
+                            inline_routes: Some(InlineRoutes {
+                                src: Box::new(rc),
+                                table,
+                            }),
                         }
                     }
                     _ => return Err(format!("{field}: rds or route_config is required")),

@@ -412,8 +412,7 @@ async fn forward(
         0
     };
     let deadline = f.timeout.map(|t| Instant::now() + t);
-    let upstream = cluster.upstream.get().cloned();
-    let Some(upstream) = upstream else {
+    let Some(upstream) = cluster.upstream.get() else {
         out.flags = "NC";
         return local_reply(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -605,10 +605,8 @@ impl Runtime {
             .collect();
         for l in res.listeners.values() {
             if let Some(http) = &l.value.http {
-                if let Some(src) = &http.inline_routes {
-                    if let Ok(t) = crate::config::compile_routes(&src.0) {
-                        routes.insert(http.route_name.clone(), Arc::new(t));
-                    }
+                if let Some(inline) = &http.inline_routes {
+                    routes.insert(http.route_name.clone(), Arc::clone(&inline.table));
                 }
             }
         }
