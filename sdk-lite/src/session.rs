@@ -389,21 +389,9 @@ async fn revoke(
     start: usize,
 ) {
     let Some(id) = session else { return };
-    let req = pb::RevokeSessionRequest { session_id: id };
-    if let Some(mut c) = client {
-        match call(cfg, c.revoke_session(req)).await {
-            Ok(r) => {
-                tracing::info!(
-                    session = id,
-                    removed = r.removed_instances,
-                    "session revoked"
-                );
-                return;
-            }
-            Err(s) if s.code() == Code::NotFound => return,
-            Err(s) => {
-                tracing::warn!(session = id, error = %s, "RevokeSession failed; trying other nodes")
-            }
+    if let Some(c) = client {
+        if revoke_on(cfg, c, id, "the current node").await {
+            return;
         }
     }
     let n = cfg.registries.len();
@@ -412,25 +400,35 @@ async fn revoke(
         let Ok(channel) = crate::client::connect(cfg, addr).await else {
             continue;
         };
-        match call(cfg, RegistryClient::new(channel).revoke_session(req)).await {
-            Ok(r) => {
-                tracing::info!(
-                    session = id,
-                    removed = r.removed_instances,
-                    "session revoked"
-                );
-                return;
-            }
-            Err(s) if s.code() == Code::NotFound => return,
-            Err(s) => {
-                tracing::warn!(registry = %addr, session = id, error = %s, "RevokeSession failed")
-            }
+        if revoke_on(cfg, RegistryClient::new(channel), id, addr).await {
+            return;
         }
     }
     tracing::warn!(
         session = id,
         "no registry node answered RevokeSession; the instance goes when the session expires"
     );
+}
+
+/// One `RevokeSession` call; true when the session is gone (revoked now,
+/// or already unknown to the registry).
+async fn revoke_on(cfg: &Config, mut c: RegistryClient<Channel>, id: u64, registry: &str) -> bool {
+    let req = pb::RevokeSessionRequest { session_id: id };
+    match call(cfg, c.revoke_session(req)).await {
+        Ok(r) => {
+            tracing::info!(
+                session = id,
+                removed = r.removed_instances,
+                "session revoked"
+            );
+            true
+        }
+        Err(s) if s.code() == Code::NotFound => true,
+        Err(s) => {
+            tracing::warn!(%registry, session = id, error = %s, "RevokeSession failed; trying other nodes");
+            false
+        }
+    }
 }
 
 #[cfg(test)]
