@@ -26,12 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
+sys.path.insert(0, str(ROOT / "benches"))
 os.environ.setdefault("MESHREG_BIN", str(ROOT / "target" / "release" / "meshreg"))
 
+from source_sync import change_latency, print_rss, wait_synced  # noqa: E402
 from registries import ZooKeeper, meshreg_with_sources, stop_process  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
@@ -47,11 +48,6 @@ def body(app, ip, port):
                     "metadata": {"dubbo.metadata.revision": "r1", "zone": f"z{port % 3}"}},
         "registrationTimeUTC": 1690000000000, "serviceType": "DYNAMIC", "uriSpec": None,
     }).encode()
-
-
-def get(m, path):
-    with urllib.request.urlopen(m.http + path, timeout=60) as r:
-        return json.loads(r.read())
 
 
 def main():
@@ -77,36 +73,15 @@ def main():
     t0 = time.time()
     m = meshreg_with_sources(tmp, f'[[sources]]\nname = "zk"\nkind = "zookeeper"\naddress = "{zk_server.address}"\n')
     try:
-        while True:
-            s = next(x for x in get(m, "/v1/sources")["sources"] if x["name"] == "zk")
-            if s["upserted"] >= per_app * APPS:
-                break
-            if time.time() - t0 > 600:
-                raise SystemExit(f"not synced in 600 s: {s}")
-            time.sleep(0.05)
-        synced = time.time() - t0
-        listed = len(get(m, "/v1/namespaces/default/instances")["instances"])
-        print(f"initial sync: {listed} instances held {synced:.2f} s after meshreg started "
-              f"(source state {s['state']}, quarantined {len(s['quarantined'])})")
+        wait_synced(m, "zk", per_app * APPS, t0)
 
-        lat = []
-        for k in range(CHANGES):
+        def change(k):
             ip = f"10.200.{k // 250}.{k % 250 + 1}"
             zk.create(f"/services/app0/{ip}:20880", body("app0", ip, 20880))
-            c0 = time.time()
-            while True:
-                ids = {i["id"] for i in get(m, "/v1/namespaces/default/instances?app=app0")["instances"]}
-                if f"{ip}:20880" in ids:
-                    break
-                if time.time() - c0 > 30:
-                    raise SystemExit(f"change {k} not seen in 30 s")
-                time.sleep(0.005)
-            lat.append((time.time() - c0) * 1000)
-        lat.sort()
-        pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
-        print(f"one change -> registry: n={len(lat)} p50={pct(0.5):.0f} ms p99={pct(0.99):.0f} ms max={lat[-1]:.0f} ms")
-        rss = [l for l in open(f"/proc/{m.proc.pid}/status") if l.startswith("VmRSS")][0].split()[1]
-        print(f"meshreg RSS after the sync: {int(rss) // 1024} MB")
+            return f"{ip}:20880"
+
+        change_latency(m, "app0", CHANGES, change)
+        print_rss(m.proc.pid)
     finally:
         stop_process(m.proc)
         zk.stop()

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meshreg_registry::model::{
-    validate, Health, InstanceSpec, Provenance, Registration, ServiceDef,
+    validate, Health, InstanceSpec, Locality, Provenance, Registration, ServiceDef,
 };
 
 use crate::dubbo::{self, AppInstance, ProviderUrl, SERVICE_PARAMS};
@@ -79,12 +79,18 @@ fn put<T: PartialEq>(
     true
 }
 
-fn remove_under<T>(map: &mut BTreeMap<String, Entry<T>>, prefix: &str) -> bool {
-    let keys: Vec<String> = map
-        .range(prefix.to_string()..)
-        .take_while(|(k, _)| k.starts_with(prefix))
+/// Keys of `map` that start with `prefix`, in order.
+fn keys_with_prefix<'m, T>(
+    map: &'m BTreeMap<String, Entry<T>>,
+    prefix: &'m str,
+) -> impl Iterator<Item = String> + 'm {
+    map.range(prefix.to_string()..)
+        .take_while(move |(k, _)| k.starts_with(prefix))
         .map(|(k, _)| k.clone())
-        .collect();
+}
+
+fn remove_under<T>(map: &mut BTreeMap<String, Entry<T>>, prefix: &str) -> bool {
+    let keys: Vec<String> = keys_with_prefix(map, prefix).collect();
     for k in &keys {
         map.remove(k);
     }
@@ -128,6 +134,40 @@ impl Catalog {
     ) -> bool {
         let value = app.and_then(|app| dubbo::parse_app_instance(app, data));
         put(&mut self.instances, key, value, revision, now_ms)
+    }
+
+    /// Stores a provider already parsed (or the reason it cannot be used)
+    /// under `key`: for sources whose entries are not URL-named znodes
+    /// (Dubbo's interface-level services in Nacos). Returns whether
+    /// anything changed.
+    pub fn put_parsed_provider(
+        &mut self,
+        key: &str,
+        value: Result<ProviderUrl, String>,
+        revision: i64,
+        now_ms: i64,
+    ) -> bool {
+        put(&mut self.providers, key, value, revision, now_ms)
+    }
+
+    /// Stores an application-level instance already parsed (or the reason
+    /// it cannot be used) under `key`. Returns whether anything changed.
+    pub fn put_parsed_instance(
+        &mut self,
+        key: &str,
+        value: Result<AppInstance, String>,
+        revision: i64,
+        now_ms: i64,
+    ) -> bool {
+        put(&mut self.instances, key, value, revision, now_ms)
+    }
+
+    /// Keys of every entry, of any kind, that start with `prefix`.
+    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
+        keys_with_prefix(&self.providers, prefix)
+            .chain(keys_with_prefix(&self.instances, prefix))
+            .chain(keys_with_prefix(&self.mappings, prefix))
+            .collect()
     }
 
     /// Stores the mapping of `interface` found at `path`. Returns whether
@@ -317,6 +357,7 @@ struct Draft {
     /// Service name → (definition, came from a provider URL).
     services: BTreeMap<String, (ServiceDef, bool)>,
     weight: u32,
+    locality: Locality,
     not_serving: bool,
     source_key: String,
     revision: i64,
@@ -354,6 +395,8 @@ impl Draft {
             port: inst.port,
             ports,
             not_serving: !inst.serving,
+            weight: inst.weight,
+            locality: inst.locality.clone(),
             source_key: key.to_string(),
             revision: e.revision,
             observed_at_ms: e.observed_at_ms,
@@ -470,6 +513,7 @@ impl Draft {
             labels: self.labels,
             metadata: self.metadata,
             weight: self.weight,
+            locality: self.locality,
             health: Some(if self.not_serving {
                 Health::NotServing
             } else {

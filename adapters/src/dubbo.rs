@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use meshreg_registry::model::validate;
+use meshreg_registry::model::{validate, Locality};
 
 /// Parameters of a provider URL that describe the service (interface),
 /// kept in its `ServiceDef.params`; every other parameter describes the
@@ -153,6 +153,11 @@ pub struct AppInstance {
     /// Named ports from the `dubbo.endpoints` metadata
     /// (`[{"port":20880,"protocol":"dubbo"}]`), protocol → port.
     pub endpoints: Vec<(String, u16)>,
+    /// Load-balancing weight on meshreg's scale (100 is the default);
+    /// 0 when the source gives none.
+    pub weight: u32,
+    /// Where the instance runs, when the source says (Nacos's cluster).
+    pub locality: Locality,
 }
 
 /// Parses a `ServiceInstance` JSON document for application `app` (the
@@ -221,11 +226,12 @@ pub fn parse_app_instance(app: &str, data: &[u8]) -> Result<AppInstance, String>
         metadata,
         serving: flag("enabled") && flag("healthy"),
         endpoints,
+        ..Default::default()
     })
 }
 
 /// `dubbo.endpoints`: a JSON array of `{"port": n, "protocol": "p"}`.
-fn parse_endpoints(text: &str) -> Result<Vec<(String, u16)>, String> {
+pub fn parse_endpoints(text: &str) -> Result<Vec<(String, u16)>, String> {
     let bad = |why: String| format!("metadata \"dubbo.endpoints\": {why}");
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
     let list = v.as_array().ok_or_else(|| bad("not a JSON array".into()))?;

@@ -52,4 +52,14 @@ pub enum Error {
         /// The configured endpoints.
         address: String,
     },
+    /// A Nacos request failed or the server could not be reached; check
+    /// that the server is up at `address` (HTTP port; gRPC on port + 1000),
+    /// and the namespace and credentials.
+    #[error("Nacos {address}: {message}")]
+    Nacos {
+        /// The configured server addresses.
+        address: String,
+        /// What failed.
+        message: String,
+    },
 }

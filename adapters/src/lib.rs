@@ -5,7 +5,8 @@
 //! - ZooKeeper, Dubbo's interface-level layout
 //!   (`/dubbo/{interface}/providers/{URL}`) and application-level layout
 //!   (`/services/{app}/{host:port}`, `/dubbo/mapping/{interface}`);
-//! - etcd, Dubbo's application-level layout (`/services/{app}/{host:port}`).
+//! - etcd, Dubbo's application-level layout (`/services/{app}/{host:port}`);
+//! - Nacos, the services of a namespace's groups (through `nacos-sdk`).
 //!
 //! Each adapter keeps a [`catalog::Catalog`] of the entries it read, by
 //! their key in the source; turning a catalog into registrations (grouping
@@ -20,6 +21,7 @@
 //! - [`feed`]: the catalog shared with the sink, with complete-load hand-over.
 //! - [`zookeeper`]: the ZooKeeper adapter (watches, session expiry → resync).
 //! - [`etcd`]: the etcd adapter (range read + watch, compaction → resync).
+//! - [`nacos`]: the Nacos adapter (service list, subscriptions, reads).
 //! - [`error`]: why an adapter stopped.
 
 pub mod catalog;
@@ -27,6 +29,7 @@ pub mod dubbo;
 pub mod error;
 pub mod etcd;
 pub mod feed;
+pub mod nacos;
 pub mod zookeeper;
 
 pub use error::Error;

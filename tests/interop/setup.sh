@@ -3,7 +3,9 @@
 # client, kazoo and pytest (requirements.txt), Node's @grpc/grpc-js with
 # @grpc/grpc-js-xds (package.json, pinned by package-lock.json), and the
 # real registries the source tests import from: Debian's zookeeper (with a
-# Java runtime) and etcd-server, with etcdctl from etcd-client.
+# Java runtime) and etcd-server, with etcdctl from etcd-client, and rnacos
+# (a Nacos 2.x-compatible server, `cargo install`, several minutes the first
+# time) with nacos-sdk-python (requirements.txt).
 # Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,6 +27,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${sudo_[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+fi
+
+if ! command -v rnacos >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/rnacos" ]; then
+    echo "tests/interop/setup.sh: installing rnacos (cargo install)" >&2
+    cargo install --quiet rnacos --version 0.8.8 --locked
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r requirements.txt

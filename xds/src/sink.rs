@@ -11,8 +11,9 @@
 //! Kinds ([`SourceKind`]):
 //! - `mcp`: the ServiceEntries of any MCP-over-xDS source (another
 //!   meshreg, Nacos's MCP server, the bridge); every response is one sync.
-//! - `zookeeper`, `etcd`: Dubbo's registry layouts, read by the adapters of
-//!   `meshreg-adapters` with the registry's own watches; changes are
+//! - `zookeeper`, `etcd`: Dubbo's registry layouts, and `nacos`: a Nacos
+//!   namespace's services, read by the adapters of `meshreg-adapters` with
+//!   the registry's own watches (Nacos: subscriptions); changes are
 //!   debounced and the whole catalog written as one sync (module `adapter`).
 
 mod adapter;
@@ -161,7 +162,7 @@ async fn run_source(node: Arc<Node>, src: SourceConfig, sinks: Sinks) {
         sinks.set(&src.name, |s| s.state = "connecting");
         let run = match src.kind {
             SourceKind::Mcp => sync_stream(&node, &src, &sinks).await,
-            SourceKind::Zookeeper | SourceKind::Etcd => {
+            SourceKind::Zookeeper | SourceKind::Etcd | SourceKind::Nacos => {
                 adapter::sync_adapter(&node, &src, &sinks, &feed).await
             }
         };

@@ -1,4 +1,4 @@
-//! Runs a registry adapter (ZooKeeper, etcd) as a source: the adapter
+//! Runs a registry adapter (ZooKeeper, etcd, Nacos) as a source: the adapter
 //! keeps its catalog current with the registry's watches; bursts of
 //! changes are debounced ([`QUIET`] of quiet, at most [`MAX_DELAY`] after
 //! the first change) and the whole catalog is then written as one
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use meshreg_adapters::catalog::Records;
 use meshreg_adapters::feed::Feed;
-use meshreg_adapters::{etcd, zookeeper};
+use meshreg_adapters::{etcd, nacos, zookeeper};
 use meshreg_registry::node::Node;
 use tokio::time::Instant;
 
@@ -73,10 +73,12 @@ pub(crate) async fn sync_adapter(
 ) -> Result<(), String> {
     let zk = src.zookeeper();
     let et = src.etcd();
+    let nc = src.nacos();
     let adapter = async {
         match src.kind {
             SourceKind::Zookeeper => zookeeper::run(&zk, feed).await,
             SourceKind::Etcd => etcd::run(&et, feed).await,
+            SourceKind::Nacos => nacos::run(&nc, feed).await,
             SourceKind::Mcp => Ok(()),
         }
     };

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use meshreg_adapters::etcd::EtcdConfig;
+use meshreg_adapters::nacos::{NacosConfig, DEFAULT_GROUP};
 use meshreg_adapters::zookeeper::ZookeeperConfig;
 use meshreg_registry::model::{validate, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ pub enum SourceKind {
     Zookeeper,
     /// An etcd cluster holding Dubbo's application-level layout.
     Etcd,
+    /// A Nacos 2.x server (its gRPC API): the services of one namespace.
+    Nacos,
 }
 
 impl SourceKind {
@@ -27,6 +30,7 @@ impl SourceKind {
             SourceKind::Mcp => "mcp",
             SourceKind::Zookeeper => "zookeeper",
             SourceKind::Etcd => "etcd",
+            SourceKind::Nacos => "nacos",
         }
     }
 }
@@ -38,7 +42,7 @@ impl SourceKind {
 pub struct SourceConfig {
     /// Name recorded as the provenance of every record it contributes.
     pub name: String,
-    /// `mcp` (the default), `zookeeper` or `etcd`.
+    /// `mcp` (the default), `zookeeper`, `etcd` or `nacos`.
     #[serde(default)]
     pub kind: SourceKind,
     /// `mcp`: `host:port` of the source's ADS endpoint. `zookeeper`: the
@@ -54,7 +58,8 @@ pub struct SourceConfig {
     /// source's (or a native) instance is skipped whatever the priorities.
     #[serde(default)]
     pub priority: i32,
-    /// `zookeeper` and `etcd`: local namespace of every record; default `default`.
+    /// `zookeeper`, `etcd` and `nacos`: local namespace of every record;
+    /// default `default`.
     #[serde(default)]
     pub namespace: Option<String>,
     /// `zookeeper`: interface-level root, default `/dubbo` (providers under
@@ -67,6 +72,18 @@ pub struct SourceConfig {
     /// `etcd`: key prefix of the application-level layout, default `/services/`.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// `nacos`: the Nacos namespace id to read; default `""` (`public`).
+    #[serde(default)]
+    pub nacos_namespace: Option<String>,
+    /// `nacos`: the groups whose services are read; default `["DEFAULT_GROUP"]`.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// `nacos`: user name, when the server requires authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `nacos`: password, with `username`.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 impl SourceConfig {
@@ -101,6 +118,20 @@ impl SourceConfig {
         }
     }
 
+    /// The Nacos adapter's settings (defaults applied).
+    pub fn nacos(&self) -> NacosConfig {
+        NacosConfig {
+            address: self.address.trim().to_string(),
+            namespace: self.nacos_namespace.clone().unwrap_or_default(),
+            groups: self
+                .groups
+                .clone()
+                .unwrap_or_else(|| vec![DEFAULT_GROUP.to_string()]),
+            username: self.username.clone(),
+            password: self.password.clone(),
+        }
+    }
+
     /// Checks the entry as a whole: a valid name, an address, and only the
     /// fields of its kind.
     ///
@@ -125,7 +156,8 @@ impl SourceConfig {
                 Ok(())
             }
         };
-        let adapters = [SourceKind::Zookeeper, SourceKind::Etcd];
+        let adapters = [SourceKind::Zookeeper, SourceKind::Etcd, SourceKind::Nacos];
+        let nacos = [SourceKind::Nacos];
         only(
             "namespaces",
             !self.namespaces.is_empty(),
@@ -139,6 +171,10 @@ impl SourceConfig {
             &[SourceKind::Zookeeper],
         )?;
         only("prefix", self.prefix.is_some(), &[SourceKind::Etcd])?;
+        only("nacos_namespace", self.nacos_namespace.is_some(), &nacos)?;
+        only("groups", self.groups.is_some(), &nacos)?;
+        only("username", self.username.is_some(), &nacos)?;
+        only("password", self.password.is_some(), &nacos)?;
         if let Some(ns) = &self.namespace {
             validate::namespace("namespace", ns)
                 .map_err(|e| format!("source {:?}: {e}", self.name))?;
@@ -147,6 +183,7 @@ impl SourceConfig {
             SourceKind::Mcp => Ok(()),
             SourceKind::Zookeeper => self.zookeeper().validate(),
             SourceKind::Etcd => self.etcd().validate(),
+            SourceKind::Nacos => self.nacos().validate(),
         };
         adapter.or_else(|e| fail(e.to_string()))
     }
@@ -177,13 +214,19 @@ mod tests {
         assert_eq!(e.etcd().endpoints, vec!["a:2379", "b:2379"]);
         assert_eq!(e.etcd().prefix, "/svc/");
         assert_eq!(e.local_namespace(), "team");
+        let n = parse(
+            "name = \"nc\"\nkind = \"nacos\"\naddress = \"127.0.0.1:8848\"\nnacos_namespace = \"dev\"",
+        )
+        .unwrap();
+        assert_eq!(n.nacos().namespace, "dev");
+        assert_eq!(n.nacos().groups, vec!["DEFAULT_GROUP"]);
     }
 
     #[test]
     fn mistakes_are_named() {
         for (text, why) in [
             (
-                "name = \"x\"\nkind = \"nacos\"\naddress = \"a\"",
+                "name = \"x\"\nkind = \"consul\"\naddress = \"a\"",
                 "unknown variant",
             ),
             (
@@ -211,6 +254,18 @@ mod tests {
                 "namespace",
             ),
             ("name = \"bad name\"\naddress = \"a\"", "sources.name"),
+            (
+                "name = \"x\"\nkind = \"zookeeper\"\naddress = \"a\"\ngroups = [\"g\"]",
+                "`groups` does not apply to kind \"zookeeper\"",
+            ),
+            (
+                "name = \"x\"\nkind = \"nacos\"\naddress = \"a\"\ngroups = []",
+                "groups must list",
+            ),
+            (
+                "name = \"x\"\nkind = \"nacos\"\naddress = \"a\"\npassword = \"p\"",
+                "username and password",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(why), "{text}: {e}");
