@@ -2,17 +2,16 @@
 //! `meshreg ctl` talks to one over gRPC.
 
 mod ctl;
+mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use meshreg_registry::config::Config;
-use meshreg_registry::server::{self, Listeners};
 use meshreg_xds::config::XdsConfig;
-use meshreg_xds::server::AdsServer;
-use meshreg_xds::sink::{Sinks, SourceConfig};
+use meshreg_xds::sink::SourceConfig;
+use serve::ConfigFile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,7 +63,11 @@ struct ServerArgs {
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `meshreg_registry=debug`.
-    #[arg(long, env = "MESHREG_LOG", default_value = "info,openraft=warn")]
+    #[arg(
+        long,
+        env = "MESHREG_LOG",
+        default_value = "info,openraft=warn,nacos_sdk=warn"
+    )]
     log: String,
 }
 
@@ -73,33 +76,14 @@ impl ServerArgs {
     fn config(&self) -> anyhow::Result<(Config, XdsConfig, Vec<SourceConfig>)> {
         let (mut c, xds, sources) = match &self.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
-                let mut table: toml::Table = toml::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?;
-                let xds: XdsConfig = match table.remove("xds") {
-                    Some(v) => v.try_into().map_err(|e| {
-                        anyhow::anyhow!("invalid [xds] section in {}: {e}", p.display())
-                    })?,
-                    None => XdsConfig::default(),
-                };
-                let sources: Vec<SourceConfig> = match table.remove("sources") {
-                    Some(v) => v.try_into().map_err(|e| {
-                        anyhow::anyhow!("invalid [[sources]] in {}: {e}", p.display())
-                    })?,
-                    None => Vec::new(),
-                };
-                let c: Config = toml::Value::Table(table)
+                let file = ConfigFile::read(p)?;
+                let c: Config = toml::Value::Table(file.registry)
                     .try_into()
                     .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?;
-                (c, xds, sources)
+                (c, file.xds, file.sources)
             }
             None => (Config::default(), XdsConfig::default(), Vec::new()),
         };
-        for s in &sources {
-            s.validate()
-                .map_err(|e| anyhow::anyhow!("invalid [[sources]]: {e}"))?;
-        }
         if let Some(v) = self.node_id {
             c.node_id = v;
         }
@@ -126,63 +110,15 @@ impl ServerArgs {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .map_err(|e| anyhow::anyhow!("invalid --log filter {:?}: {e}", args.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let (config, xds_config, sources) = args.config()?;
-    let config = Arc::new(config);
-    let listeners = Listeners::bind(&config).await?;
-    let http = listeners.http.local_addr()?;
-    let grpc = listeners.grpc.local_addr()?;
-    let raft = listeners.raft.local_addr()?;
-    let data_dir = config.data_dir.clone();
-    let extend = move |node: &Arc<meshreg_registry::node::Node>| {
-        let ads = AdsServer::start(node.clone(), xds_config);
-        let sinks = Sinks::start(node.clone(), sources).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "sources not started");
-            Sinks::default()
-        });
-        server::Extension {
-            grpc: tonic::service::Routes::new(ads.service()),
-            http: ads.http_router().merge(sinks.http_router()),
-        }
-    };
-    server::run_with(config.clone(), listeners, shutdown_signal(), extend, |node| {
-        tracing::info!(%http, %grpc, %raft, data_dir = %data_dir.display(), node_id = node.id, "meshreg is serving");
-        // One machine-readable line on stdout, for scripts and tests.
-        println!(
-            "{}",
-            serde_json::json!({"event": "listening", "http": http.to_string(), "grpc": grpc.to_string(), "raft": raft.to_string(), "node_id": node.id})
-        );
+    serve::init_logging(&args.log)?;
+    let (config, xds, sources) = args.config()?;
+    serve::run(serve::Run {
+        program: "meshreg",
+        config,
+        xds,
+        sources,
+        bridge: false,
     })
     .await
 }

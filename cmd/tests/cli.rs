@@ -1,16 +1,25 @@
-//! The `meshreg` command line as a user meets it: help, bad flags and bad
-//! config files fail fast with a message naming the problem.
+//! The `meshreg` and `meshreg-bridge` command lines as a user meets them:
+//! help, bad flags and bad config files fail fast with a message naming the
+//! problem.
 //!
 //! Having integration tests here also makes `cargo test --workspace` build
-//! the `meshreg` binary that the multi-process tests in `tests/` run.
+//! the binaries that the multi-process tests in `tests/` run.
 
 use std::process::Command;
 
 fn meshreg(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshreg"))
+    run(env!("CARGO_BIN_EXE_meshreg"), args)
+}
+
+fn bridge(args: &[&str]) -> (bool, String) {
+    run(env!("CARGO_BIN_EXE_meshreg-bridge"), args)
+}
+
+fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin)
         .args(args)
         .output()
-        .expect("run meshreg");
+        .expect("run the binary");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -74,4 +83,43 @@ fn bad_flags_and_unreachable_servers_fail_clearly() {
         text.contains("cannot connect to http://127.0.0.1:1"),
         "{text}"
     );
+}
+
+#[test]
+fn the_bridge_rejects_what_it_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = bridge(&["--help"]);
+    assert!(ok);
+    for flag in [
+        "--config",
+        "--grpc-addr",
+        "--http-addr",
+        "--data-dir",
+        "7171",
+        "7170",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}: {text}");
+    }
+    let (ok, text) = bridge(&[]);
+    assert!(!ok);
+    assert!(text.contains("--config"), "{text}");
+
+    let cases = [
+        ("", "no [[sources]]"),
+        (
+            "node_id = 2\n[[sources]]\nname = \"zk\"\nkind = \"zookeeper\"\naddress = \"127.0.0.1:2181\"\n",
+            "unknown key \"node_id\"",
+        ),
+        (
+            "[[sources]]\nname = \"up\"\naddress = \"127.0.0.1:7071\"\nroot = \"/dubbo\"\n",
+            "`root` does not apply",
+        ),
+    ];
+    for (i, (toml, message)) in cases.into_iter().enumerate() {
+        let cfg = dir.path().join(format!("{i}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let (ok, text) = bridge(&["--config", cfg.to_str().unwrap()]);
+        assert!(!ok, "{toml}");
+        assert!(text.contains(message), "{toml}: {text}");
+    }
 }

@@ -20,17 +20,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Meshreg:
-    """A `meshreg server` on loopback ports chosen by the OS."""
+def bridge_binary():
+    """`meshreg-bridge`: $MESHREG_BRIDGE_BIN, else next to the meshreg binary."""
+    return os.environ.get("MESHREG_BRIDGE_BIN", str(ROOT / "target" / "debug" / "meshreg-bridge"))
 
-    def __init__(self, data_dir, extra_args=()):
+
+class Meshreg:
+    """A `meshreg server` on loopback ports chosen by the OS; with `argv`,
+    another command that prints the same listening line and serves the same
+    HTTP API (`meshreg-bridge`), logging to `data_dir/server.log`."""
+
+    def __init__(self, data_dir, extra_args=(), argv=None):
         binary = os.environ.get("MESHREG_BIN", str(ROOT / "target" / "debug" / "meshreg"))
+        if argv is None:
+            argv = [binary, "server", "--data-dir", str(data_dir), "--http-addr", "127.0.0.1:0",
+                    "--grpc-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", *extra_args]
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir / "server.log", "w")
-        self.proc = subprocess.Popen(
-            [binary, "server", "--data-dir", str(data_dir), "--http-addr", "127.0.0.1:0",
-             "--grpc-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", *extra_args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("meshreg did not start: " + (data_dir / "server.log").read_text())

@@ -1,6 +1,6 @@
 """Real ZooKeeper and etcd servers for the source interop tests, each on
 free loopback ports with a temporary data directory, and a meshreg server
-configured to import from them.
+(or a meshreg-bridge) configured to import from them.
 
 ZooKeeper is Debian's `zookeeper` package (a standalone QuorumPeerMain on
 /usr/share/java/zookeeper.jar; ZOOKEEPER_CLASSPATH overrides it); etcd is
@@ -11,9 +11,10 @@ import json
 import os
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 
-from conftest import Meshreg, free_port
+from conftest import Meshreg, bridge_binary, free_port
 
 ZOOKEEPER_CLASSPATH = os.environ.get(
     "ZOOKEEPER_CLASSPATH", "/usr/share/java/zookeeper.jar:/etc/zookeeper/conf")
@@ -98,6 +99,37 @@ class ZooKeeper:
         self.log.close()
 
 
+# Dubbo's registrations in ZooKeeper.
+
+def quote(url):
+    # Dubbo names provider znodes URL.encode(url), i.e. Java's URLEncoder.
+    return urllib.parse.quote_plus(url, safe="")
+
+
+def provider_path(url):
+    interface = url.split("?")[0].rsplit("/", 1)[1]
+    return f"/dubbo/{interface}/providers/{quote(url)}"
+
+
+def add_provider(zk, url):
+    """Registers a provider as Dubbo's ZookeeperRegistry does: an ephemeral
+    znode named by the encoded URL under persistent interface nodes."""
+    path = provider_path(url)
+    zk.create(path, b"", ephemeral=True, makepath=True)
+    return path
+
+
+def curator_instance(app, ip, port, metadata):
+    """The JSON Dubbo 3 writes for an application-level instance through
+    Curator's ServiceDiscovery (ZookeeperInstance payload)."""
+    return json.dumps({
+        "name": app, "id": f"{ip}:{port}", "address": ip, "port": port, "sslPort": None,
+        "payload": {"@class": "org.apache.dubbo.registry.zookeeper.ZookeeperInstance",
+                    "id": f"{ip}:{port}", "name": app, "metadata": metadata},
+        "registrationTimeUTC": 1690000000000, "serviceType": "DYNAMIC", "uriSpec": None,
+    }).encode()
+
+
 class Etcd:
     """A single-member etcd server. `stop()` and `start()` again keep the
     ports and the data directory (a restart)."""
@@ -156,6 +188,17 @@ def meshreg_with_sources(tmp_path, sources_toml):
     cfg = tmp_path / "meshreg.toml"
     cfg.write_text(sources_toml)
     return Meshreg(tmp_path / "meshreg", extra_args=("--config", str(cfg)))
+
+
+def meshreg_bridge(tmp_path, sources_toml):
+    """A `meshreg-bridge` on ports chosen by the OS reading `sources_toml`
+    (its state in a temporary directory it removes on exit)."""
+    d = tmp_path / "bridge"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "bridge.toml"
+    cfg.write_text(sources_toml)
+    return Meshreg(d, argv=[bridge_binary(), "--config", str(cfg), "--http-addr", "127.0.0.1:0",
+                            "--grpc-addr", "127.0.0.1:0"])
 
 
 def instances(meshreg, ns="default", query=""):

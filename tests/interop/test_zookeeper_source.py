@@ -6,43 +6,10 @@ deletions through watches, bad records are quarantined and listed in
 /v1/sources without blocking the rest, and after the ZooKeeper session
 expires meshreg reconnects and reads everything again.
 """
-import json
-import urllib.parse
-
 import pytest
 
-from registries import (ZooKeeper, apps_of, by_id, eventually, instances, meshreg_with_sources,
-                        source)
-
-
-def quote(url):
-    # Dubbo names provider znodes URL.encode(url), i.e. Java's URLEncoder.
-    return urllib.parse.quote_plus(url, safe="")
-
-
-def provider_path(url):
-    interface = url.split("?")[0].rsplit("/", 1)[1]
-    return f"/dubbo/{interface}/providers/{quote(url)}"
-
-
-def add_provider(zk, url):
-    """Registers a provider as Dubbo's ZookeeperRegistry does: an ephemeral
-    znode named by the encoded URL under persistent interface nodes."""
-    path = provider_path(url)
-    zk.create(path, b"", ephemeral=True, makepath=True)
-    return path
-
-
-def curator_instance(app, ip, port, metadata):
-    """The JSON Dubbo 3 writes for an application-level instance through
-    Curator's ServiceDiscovery (ZookeeperInstance payload)."""
-    return json.dumps({
-        "name": app, "id": f"{ip}:{port}", "address": ip, "port": port, "sslPort": None,
-        "payload": {"@class": "org.apache.dubbo.registry.zookeeper.ZookeeperInstance",
-                    "id": f"{ip}:{port}", "name": app, "metadata": metadata},
-        "registrationTimeUTC": 1690000000000, "serviceType": "DYNAMIC", "uriSpec": None,
-    }).encode()
-
+from registries import (ZooKeeper, add_provider, apps_of, by_id, curator_instance, eventually,
+                        instances, meshreg_with_sources, provider_path, source)
 
 API = ("dubbo://10.0.0.1:20880/org.demo.Api?anyhost=true&application=demo&deprecated=false"
        "&dubbo=2.0.2&dynamic=true&generic=false&interface=org.demo.Api&methods=hello,bye"

@@ -3,7 +3,8 @@
 //! (ureq) and gRPC (tonic).
 //!
 //! The binary is `$MESHREG_BIN`, or `target/<profile>/meshreg` next to the
-//! running test executable (built by `cargo test --workspace`).
+//! running test executable (built by `cargo test --workspace`);
+//! `meshreg-bridge` is `$MESHREG_BRIDGE_BIN` or next to it.
 //!
 //! # Layout
 //!
@@ -44,7 +45,21 @@ pub fn meshreg_bin() -> PathBuf {
     bin
 }
 
-/// A running `meshreg server` process.
+/// Path of the `meshreg-bridge` binary (next to `meshreg`, or `$MESHREG_BRIDGE_BIN`).
+pub fn bridge_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MESHREG_BRIDGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = meshreg_bin().with_file_name("meshreg-bridge");
+    assert!(
+        bin.exists(),
+        "{} not found: run the tests with `cargo test --workspace` (which builds it) or set MESHREG_BRIDGE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `meshreg server` (or `meshreg-bridge`) process.
 #[derive(Debug)]
 pub struct Server {
     child: Child,
@@ -69,14 +84,9 @@ impl Server {
 
     /// Like [`Server::start`], on the given (HTTP, gRPC, Raft) ports.
     pub fn start_at(data_dir: &Path, ports: [u16; 3], extra: &[&str]) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(data_dir)?;
         let addr = |p: u16| format!("127.0.0.1:{p}");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("server.log"))?;
-        let mut child = Command::new(meshreg_bin())
-            .arg("server")
+        let mut cmd = Command::new(meshreg_bin());
+        cmd.arg("server")
             .arg("--data-dir")
             .arg(data_dir)
             .args([
@@ -86,8 +96,36 @@ impl Server {
                 &addr(ports[1]),
             ])
             .args(["--raft-addr", &addr(ports[2])])
-            .args(extra)
+            .args(extra);
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Starts `meshreg-bridge --config <config>` on port 0, logging to
+    /// `dir/server.log`, and waits until it prints its listening line and
+    /// is ready. Its temporary directories (its state, unless `extra` has
+    /// `--data-dir`) go under `dir/tmp` (`TMPDIR`).
+    pub fn start_bridge(dir: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let mut cmd = Command::new(bridge_bin());
+        cmd.env("TMPDIR", dir.join("tmp"))
+            .arg("--config")
+            .arg(config)
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(extra);
+        Self::spawn(cmd, dir)
+    }
+
+    /// Runs `cmd` (logging to `data_dir/server.log`) and waits for its
+    /// listening line and `/readyz`.
+    fn spawn(mut cmd: Command, data_dir: &Path) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(data_dir)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))?;
+        let mut child = cmd
             .env("MESHREG_LOG", "info,openraft=warn")
+            .env("MESHREG_BRIDGE_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

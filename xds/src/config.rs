@@ -1,4 +1,5 @@
-//! xDS server settings (the `[xds]` section of the server's TOML config).
+//! xDS server settings: the `[xds]` section of the TOML config of
+//! `meshreg server` and of `meshreg-bridge`.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,14 @@ pub struct XdsConfig {
     pub request_burst: u32,
     /// Most resources kept built in the shared cache.
     pub cache_max_entries: usize,
+    /// Serve imported records (those with a provenance) to other meshregs'
+    /// MCP sinks too. Off by default: a meshreg sink (node id starting with
+    /// `meshreg-sink-`) gets natively registered instances only, so two
+    /// meshregs importing from each other never send each other's records
+    /// back (the loop guard, [`crate::mcp::Export::NativeOnly`]). The
+    /// `meshreg-bridge` binary turns it on: re-serving what it imports is
+    /// its whole job.
+    pub export_imported_to_meshreg: bool,
 }
 
 impl Default for XdsConfig {
@@ -26,6 +35,7 @@ impl Default for XdsConfig {
             requests_per_second: 50,
             request_burst: 200,
             cache_max_entries: 100_000,
+            export_imported_to_meshreg: false,
         }
     }
 }

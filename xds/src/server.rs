@@ -37,6 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::{Changes, ResourceCache};
 use crate::config::XdsConfig;
+use crate::mcp::Export;
 use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
 use crate::resources::ResourceType;
 
@@ -173,6 +174,21 @@ pub fn namespace_of(node: Option<&EnvoyNode>) -> String {
         }
     }
     meshreg_registry::model::DEFAULT_NAMESPACE.to_string()
+}
+
+/// Which instances the ServiceEntries of a stream carry, from the node its
+/// first request names: natively registered ones only for another
+/// meshreg's MCP sink (node id starting with
+/// [`SINK_NODE_PREFIX`](crate::sink::SINK_NODE_PREFIX), the loop guard)
+/// unless [`XdsConfig::export_imported_to_meshreg`] is on; every instance
+/// for anyone else (istiod and other MCP sinks).
+pub fn mcp_export_for(config: &XdsConfig, node: Option<&EnvoyNode>) -> Export {
+    let meshreg_sink = node.is_some_and(|n| n.id.starts_with(crate::sink::SINK_NODE_PREFIX));
+    if meshreg_sink && !config.export_imported_to_meshreg {
+        Export::NativeOnly
+    } else {
+        Export::All
+    }
 }
 
 /// Token bucket limiting one stream's request rate.
@@ -458,7 +474,7 @@ macro_rules! run_stream {
                         )))).await;
                         break;
                     }
-                    if ns.is_none() && req.node.as_ref().is_some_and(|n| n.id.starts_with(crate::sink::SINK_NODE_PREFIX)) {
+                    if ns.is_none() && mcp_export_for(&inner.config, req.node.as_ref()) == Export::NativeOnly {
                         st.set_native_only(true);
                     }
                     let namespace = ns.get_or_insert_with(|| {
@@ -539,5 +555,34 @@ impl AggregatedDiscoveryService for AdsServer {
             async move { run_stream!(inner, incoming, tx, "delta", DeltaStream::new, peer) },
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> EnvoyNode {
+        EnvoyNode {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn meshreg_sinks_get_native_instances_unless_imported_ones_are_exported() {
+        let guarded = XdsConfig::default();
+        let sink = node("meshreg-sink-3");
+        let istiod = node("istiod-5d8f7c-abcde");
+        assert_eq!(mcp_export_for(&guarded, Some(&sink)), Export::NativeOnly);
+        assert_eq!(mcp_export_for(&guarded, Some(&istiod)), Export::All);
+        assert_eq!(mcp_export_for(&guarded, None), Export::All);
+
+        let bridge = XdsConfig {
+            export_imported_to_meshreg: true,
+            ..XdsConfig::default()
+        };
+        assert_eq!(mcp_export_for(&bridge, Some(&sink)), Export::All);
+        assert_eq!(mcp_export_for(&bridge, Some(&istiod)), Export::All);
     }
 }

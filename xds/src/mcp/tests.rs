@@ -400,3 +400,54 @@ fn hostname_endpoints_are_resolved_with_dns() {
     assert_eq!(se.resolution, Resolution::Dns as i32);
     assert_eq!(se.endpoints.len(), 2);
 }
+
+#[test]
+fn native_only_export_leaves_out_imported_instances() {
+    use meshreg_registry::model::Provenance;
+    let mut reg = registry_with(vec![spec("default", "pay", "10.0.0.1", &[("grpc", 9090)])]);
+    let mut imported = spec("default", "pay", "10.0.0.2", &[("grpc", 9090)]);
+    imported.provenance = Some(Provenance {
+        source: "zk".into(),
+        source_key: "/services/pay/10.0.0.2:9090".into(),
+        observed_revision: "7".into(),
+        observed_at_ms: 0,
+    });
+    let mut only_imported = spec("default", "bill", "10.0.1.1", &[("http", 80)]);
+    only_imported.provenance = imported.provenance.clone();
+    let records = [imported, only_imported]
+        .into_iter()
+        .map(|s| validate::registration("i", s).expect("valid registration"))
+        .collect();
+    let resp = reg.apply(&Command::SyncSource {
+        source: "zk".into(),
+        records,
+    });
+    assert!(
+        matches!(&resp, CommandResponse::Synced { skipped, .. } if skipped.is_empty()),
+        "{resp:?}"
+    );
+    let addresses = |export: Export| -> BTreeMap<String, Vec<String>> {
+        build_all_with(&reg, "default", export)
+            .iter()
+            .map(|(name, any)| {
+                let (_, se) = decode(any);
+                let mut a: Vec<String> = se.endpoints.iter().map(|e| e.address.clone()).collect();
+                a.sort();
+                (name.clone(), a)
+            })
+            .collect()
+    };
+    let all = addresses(Export::All);
+    assert_eq!(all["default/pay"], ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(all["default/bill"], ["10.0.1.1"]);
+    let native = addresses(Export::NativeOnly);
+    assert_eq!(
+        native.len(),
+        1,
+        "an app with imported instances only is left out: {native:?}"
+    );
+    assert_eq!(native["default/pay"], ["10.0.0.1"]);
+    // Named subscriptions follow the same filter.
+    assert!(build_one_with(&reg, "default", "default/bill", Export::NativeOnly).is_none());
+    assert!(build_one_with(&reg, "default", "default/bill", Export::All).is_some());
+}
