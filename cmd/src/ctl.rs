@@ -150,7 +150,7 @@ enum CtlCmd {
     /// Namespaces.
     #[command(subcommand)]
     Namespace(NamespaceCmd),
-    /// Cluster status and membership.
+    /// Cluster status, membership and leadership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
     /// Connected xDS clients: node, namespace, variant, subscriptions,
@@ -193,6 +193,13 @@ enum ClusterCmd {
     Remove {
         #[arg(long)]
         node_id: u64,
+    },
+    /// Hand leadership to another voter once it has the whole log; any
+    /// node takes it. Prints the new leader.
+    TransferLeader {
+        /// The voter to lead; without it, the most caught-up other voter.
+        #[arg(long)]
+        to: Option<u64>,
     },
 }
 
@@ -794,6 +801,20 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                         })?
                         .into_inner();
                     println!("node {node_id} removed; voters: {:?}", r.voters);
+                }
+                ClusterCmd::TransferLeader { to } => {
+                    let r = admin
+                        .transfer_leader(cpb::TransferLeaderRequest {
+                            to: to.unwrap_or(0),
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    if json_out {
+                        println!("{}", json!({"leader_id": r.leader_id, "term": r.term}));
+                    } else {
+                        println!("node {} is the leader in term {}", r.leader_id, r.term);
+                    }
                 }
             }
         }

@@ -25,8 +25,16 @@ pub struct CommandLabels {
 /// Labels of forwarded-request counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Forwarded {
-    /// `write`, `keepalive` or `read_index`.
+    /// `write`, `keepalive`, `read_index` or `transfer_leader`.
     pub kind: &'static str,
+}
+
+/// Labels of the leadership transfer counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransferResult {
+    /// `ok`, `rejected` (invalid target, not the leader, one already
+    /// running) or `failed` (the target did not catch up or win).
+    pub result: &'static str,
 }
 
 /// Labels of per-follower gauges.
@@ -70,6 +78,8 @@ pub struct Metrics {
     pub last_snapshot_ms: GaugeU,
     /// Sessions revoked because they expired.
     pub sessions_expired: Counter,
+    /// Leadership transfers this node ran as the leader, by result.
+    pub leader_transfers: Family<TransferResult, Counter>,
     /// Open watch streams (gRPC and HTTP).
     pub watchers: Gauge,
     /// Watchers that fell behind the feed and were resynced.
@@ -124,6 +134,7 @@ impl Metrics {
             snapshots_built: GaugeU::default(),
             last_snapshot_ms: GaugeU::default(),
             sessions_expired: Counter::default(),
+            leader_transfers: Family::default(),
             watchers: Gauge::default(),
             watch_resyncs: Counter::default(),
             revision: GaugeU::default(),
@@ -175,6 +186,11 @@ impl Metrics {
             "sessions_expired",
             "Sessions revoked because they expired",
             m.sessions_expired.clone(),
+        );
+        registry.register(
+            "leader_transfers",
+            "Leadership transfers run on this node as the leader, by result",
+            m.leader_transfers.clone(),
         );
         registry.register("watchers", "Open watch streams", m.watchers.clone());
         registry.register(

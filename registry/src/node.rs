@@ -3,10 +3,16 @@
 //!
 //! Any node takes any request. Writes and keepalives reaching a follower
 //! are forwarded to the leader over the peer port; while no leader is known
-//! (an election) they wait for one, up to `write_timeout_ms`. Reads are
-//! served from this node's applied state, optionally after waiting for a
-//! `min_revision` or, for linearizable reads, after a read index from the
-//! leader has been applied here.
+//! (an election) they wait for one, and when leadership moves while they
+//! are on their way they go again to the new leader, up to
+//! `write_timeout_ms`. Reads are served from this node's applied state,
+//! optionally after waiting for a `min_revision` or, for linearizable
+//! reads, after a read index from the leader has been applied here.
+//!
+//! Leadership can be handed to a chosen voter ([`Node::transfer_leader`]):
+//! the leader holds new proposals, waits until the target has its whole
+//! log, and tells it to start an election at once (Raft thesis §3.10,
+//! "TimeoutNow"; openraft 0.9 has no transfer API of its own).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,13 +24,13 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, RwLock, RwLockReadGuard};
 use tonic::transport::Channel;
 
 use crate::command::{Command, CommandResponse};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::metrics::{CommandLabels, CommandOnly, Forwarded, Metrics};
+use crate::metrics::{CommandLabels, CommandOnly, Forwarded, Metrics, TransferResult};
 use crate::network::{
     decode_reply, encode_request, peer_client, status_error, Faults, GrpcNetwork, PeerError,
 };
@@ -57,6 +63,15 @@ pub struct Node {
     faults: Arc<Faults>,
     peers: Mutex<HashMap<NodeId, (String, RaftPeerClient<Channel>)>>,
     needs_join: bool,
+    /// Held shared by every proposal (client write, membership change) and
+    /// exclusively by a leadership transfer, so the target's log cannot
+    /// fall behind between its catch-up and its election.
+    proposals: RwLock<()>,
+    /// One leadership transfer at a time.
+    transfer: tokio::sync::Mutex<()>,
+    /// The term this node was last seen leading and since when (sampled by
+    /// the lessor loop and by a transfer).
+    led_since: Mutex<Option<(u64, Instant)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -73,6 +88,104 @@ fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&MemberNode>) -> Er
         leader_id,
         leader_addr: leader_node.map(|n| n.grpc_addr.clone()),
         leader_http_addr: leader_node.map(|n| n.http_addr.clone()),
+    }
+}
+
+/// How long a leadership transfer waits for writes in flight to finish and
+/// for the target to replicate the leader's whole log.
+pub const TRANSFER_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// How long a leadership transfer waits, at least, for the target to win
+/// its election after TimeoutNow (three election timeouts when longer).
+pub const TRANSFER_ELECTION: Duration = Duration::from_secs(5);
+
+/// Timeout of the TimeoutNow call to the transfer target.
+const TIMEOUT_NOW_RPC: Duration = Duration::from_secs(2);
+
+/// The voter a leadership transfer goes to. `to` is checked against the
+/// membership (`voters`: voter id → log index it has matched; `learners`);
+/// 0 picks the voter other than `me` that has matched the most, the lowest
+/// id among equals.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] (field `to`) for `me`, a learner or an
+/// unknown id; [`Error::FailedPrecondition`] when `me` is the only voter.
+fn pick_transfer_target(
+    me: NodeId,
+    to: NodeId,
+    voters: &BTreeMap<NodeId, u64>,
+    learners: &BTreeSet<NodeId>,
+) -> Result<NodeId> {
+    let list = || {
+        voters
+            .keys()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if to == 0 {
+        // Highest matched index first; BTreeMap order makes the lowest id
+        // win a tie (max_by_key keeps the last maximum, hence the reverse).
+        return voters
+            .iter()
+            .rev()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, matched)| **matched)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "node {me} is the only voter; add a voter before transferring leadership"
+                ))
+            });
+    }
+    if to == me {
+        return Err(Error::invalid(
+            "to",
+            format!(
+                "node {to} already leads; name another voter (voters: {})",
+                list()
+            ),
+        ));
+    }
+    if voters.contains_key(&to) {
+        return Ok(to);
+    }
+    let what = if learners.contains(&to) {
+        "is a learner, not a voter; only voters can lead"
+    } else {
+        "is not a member of the cluster"
+    };
+    Err(Error::invalid(
+        "to",
+        format!("node {to} {what} (voters: {})", list()),
+    ))
+}
+
+/// Whom a peer call goes to, as its errors and metrics name it.
+#[derive(Debug, Clone, Copy)]
+enum PeerRole {
+    /// The leader, forwarded a request of this kind (counted in
+    /// `meshreg_forwarded_total{kind}`).
+    Leader(&'static str),
+    /// The target of a leadership transfer.
+    TransferTarget,
+}
+
+/// Turns this node's election timer off while it lives: the old leader of a
+/// transfer, once it has voted for the target, must not campaign against
+/// it. Turned back on when dropped, also when the transfer is cancelled.
+struct ElectionHold<'a>(&'a Raft);
+
+impl<'a> ElectionHold<'a> {
+    fn new(raft: &'a Raft) -> Self {
+        raft.runtime_config().elect(false);
+        Self(raft)
+    }
+}
+
+impl Drop for ElectionHold<'_> {
+    fn drop(&mut self) {
+        self.0.runtime_config().elect(true);
     }
 }
 
@@ -164,6 +277,9 @@ impl Node {
             faults,
             peers: Mutex::new(HashMap::new()),
             needs_join,
+            proposals: RwLock::new(()),
+            transfer: tokio::sync::Mutex::new(()),
+            led_since: Mutex::new(None),
         });
         tokio::spawn(lessor_loop(node.clone()));
         Ok(node)
@@ -222,6 +338,34 @@ impl Node {
             .then_some(m.current_term)
     }
 
+    /// [`Error::NotLeader`] with the leader this node knows of.
+    fn not_leader_here(&self) -> Error {
+        let leader = self.leader();
+        not_leader(leader.as_ref().map(|l| l.0), leader.as_ref().map(|l| &l.1))
+    }
+
+    /// How long this node has led in `term` as far as it has noticed: zero
+    /// the first time it is asked about a term. `None` (not leading) resets.
+    fn led_for(&self, term: Option<u64>) -> Duration {
+        let mut since = self.led_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (term, *since) {
+            (Some(t), Some((seen, at))) if seen == t => at.elapsed(),
+            (Some(t), _) => {
+                *since = Some((t, Instant::now()));
+                Duration::ZERO
+            }
+            (None, _) => {
+                *since = None;
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// A shared hold on proposing (see `proposals`).
+    async fn proposing(&self) -> RwLockReadGuard<'_, ()> {
+        self.proposals.read().await
+    }
+
     /// Waits until some leader is known, up to `timeout`.
     async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, MemberNode)> {
         if let Some(l) = self.leader() {
@@ -247,11 +391,12 @@ impl Node {
         Ok(c)
     }
 
-    /// Sends a request to the leader over the peer port.
-    async fn forward<Req, Resp, F, Fut>(
+    /// Sends a request to node `peer` over the peer port and decodes its
+    /// `Result<Resp, Error>`.
+    async fn call_peer<Req, Resp, F, Fut>(
         &self,
-        kind: &'static str,
-        (leader, node): (NodeId, MemberNode),
+        role: PeerRole,
+        (peer, node): (NodeId, MemberNode),
         req: &Req,
         timeout: Duration,
         call: F,
@@ -264,20 +409,26 @@ impl Node {
             Output = std::result::Result<tonic::Response<pb::PeerReply>, tonic::Status>,
         >,
     {
+        let role_name = match role {
+            PeerRole::Leader(_) => "the leader",
+            PeerRole::TransferTarget => "the transfer target",
+        };
         let unreachable = |why: String| {
             Error::Unavailable(format!(
-                "cannot reach the leader (node {leader} at {}): {why}",
+                "cannot reach {role_name} (node {peer} at {}): {why}",
                 node.raft_addr
             ))
         };
-        if self.faults.is_blocked(leader) {
+        if self.faults.is_blocked(peer) {
             return Err(unreachable("link cut by fault injection".into()));
         }
-        self.metrics
-            .forwarded
-            .get_or_create(&Forwarded { kind })
-            .inc();
-        let client = self.peer(leader, &node)?;
+        if let PeerRole::Leader(kind) = role {
+            self.metrics
+                .forwarded
+                .get_or_create(&Forwarded { kind })
+                .inc();
+        }
+        let client = self.peer(peer, &node)?;
         let mut request =
             tonic::Request::new(encode_request(self.id, req).map_err(Error::Internal)?);
         request.set_timeout(timeout);
@@ -327,11 +478,19 @@ impl Node {
                         tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
                         continue;
                     };
-                    return self
-                        .forward("write", leader, &cmd, remaining, |mut c, r| async move {
-                            c.forward(r).await
-                        })
+                    let res = self
+                        .call_peer(
+                            PeerRole::Leader("write"),
+                            leader,
+                            &cmd,
+                            remaining,
+                            |mut c, r| async move { c.forward(r).await },
+                        )
                         .await;
+                    // The old leader did not propose it: safe to send again.
+                    if !leader_moved(&res, remaining).await {
+                        return res;
+                    }
                 }
                 Err(Error::NotLeader {
                     leader_id: None, ..
@@ -355,7 +514,14 @@ impl Node {
     /// As [`Node::write`], without forwarding.
     pub async fn write_local(&self, cmd: Command) -> Result<CommandResponse> {
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(_proposing) = tokio::time::timeout_at(deadline, self.proposals.read()).await else {
+            return Err(Error::Unavailable(format!(
+                "a leadership transfer held this write for {} ms; retry it",
+                timeout.as_millis()
+            )));
+        };
+        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
             Err(_) => Err(Error::Unavailable(format!(
                 "the write was not committed within {} ms; the cluster may have lost its quorum",
                 timeout.as_millis()
@@ -416,9 +582,13 @@ impl Node {
                             "no Raft leader is known; a linearizable read needs one".into(),
                         )
                     })?;
-                    self.forward("read_index", leader, &(), wait, |mut c, r| async move {
-                        c.read_index(r).await
-                    })
+                    self.call_peer(
+                        PeerRole::Leader("read_index"),
+                        leader,
+                        &(),
+                        wait,
+                        |mut c, r| async move { c.read_index(r).await },
+                    )
                     .await?
                 }
                 other => other?,
@@ -492,21 +662,32 @@ impl Node {
     /// session does not exist or has expired; [`Error::Unavailable`] when
     /// no leader can be reached.
     pub async fn keepalive(&self, id: u64) -> Result<u64> {
-        match self.keepalive_local(id) {
-            Err(Error::NotLeader { .. }) => {
-                let wait = Duration::from_millis(self.config.write_timeout_ms);
-                let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
-                    Error::Unavailable("no Raft leader is known to renew the session".into())
-                })?;
-                if leader.0 == self.id {
-                    return self.keepalive_local(id);
+        let deadline = Instant::now() + Duration::from_millis(self.config.write_timeout_ms);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.keepalive_local(id) {
+                Err(Error::NotLeader { .. }) => {
+                    let leader = self.wait_for_leader(remaining).await.ok_or_else(|| {
+                        Error::Unavailable("no Raft leader is known to renew the session".into())
+                    })?;
+                    if leader.0 == self.id {
+                        return self.keepalive_local(id);
+                    }
+                    let res = self
+                        .call_peer(
+                            PeerRole::Leader("keepalive"),
+                            leader,
+                            &id,
+                            remaining,
+                            |mut c, r| async move { c.forward_keep_alive(r).await },
+                        )
+                        .await;
+                    if !leader_moved(&res, remaining).await {
+                        return res;
+                    }
                 }
-                self.forward("keepalive", leader, &id, wait, |mut c, r| async move {
-                    c.forward_keep_alive(r).await
-                })
-                .await
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -517,11 +698,7 @@ impl Node {
     /// unknown or expired session.
     pub fn keepalive_local(&self, id: u64) -> Result<u64> {
         if self.leader_term().is_none() {
-            let leader = self.leader();
-            return Err(not_leader(
-                leader.as_ref().map(|l| l.0),
-                leader.as_ref().map(|l| &l.1),
-            ));
+            return Err(self.not_leader_here());
         }
         let Some(ttl) = self.shared.read().registry.session_ttl(id) else {
             return Err(Error::NotFound {
@@ -596,10 +773,13 @@ impl Node {
             other => Error::Unavailable(format!("membership change failed: {other}")),
         };
         tracing::info!(node_id = id, %member, "adding node as a learner");
-        self.raft
-            .add_learner(id, member, false)
-            .await
-            .map_err(change_err)?;
+        {
+            let _proposing = self.proposing().await;
+            self.raft
+                .add_learner(id, member, false)
+                .await
+                .map_err(change_err)?;
+        }
         // openraft's own "blocking" add_learner returns once the learner is
         // within its lag threshold, which a node that has received nothing
         // can already be. Promote only once the learner has replicated the
@@ -609,15 +789,7 @@ impl Node {
         let caught_up = self
             .raft
             .wait(Some(wait))
-            .metrics(
-                |m| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).cloned().flatten())
-                        .is_some_and(|l| l.index >= target)
-                },
-                "learner caught up",
-            )
+            .metrics(|m| matched_index(m, id) >= target, "learner caught up")
             .await;
         if caught_up.is_err() {
             return Err(Error::Unavailable(format!(
@@ -630,11 +802,13 @@ impl Node {
             index = target,
             "learner caught up; promoting to voter"
         );
-        let resp = self
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(change_err)?;
+        let resp = {
+            let _proposing = self.proposing().await;
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(change_err)?
+        };
         let voters = resp
             .membership
             .as_ref()
@@ -665,6 +839,7 @@ impl Node {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
+        let _proposing = self.proposing().await;
         let resp = self
             .raft
             .change_membership(change, false)
@@ -680,6 +855,242 @@ impl Node {
             .as_ref()
             .map(|m| m.voter_ids().collect())
             .unwrap_or_default())
+    }
+
+    /// Hands leadership to voter `to` (0: the other voter that has
+    /// replicated the most), forwarded to the leader from a follower.
+    /// Returns the new leader and its term.
+    ///
+    /// On the leader: new proposals are held (they wait, then go to the new
+    /// leader) while the target replicates the whole log, up to
+    /// [`TRANSFER_CATCH_UP`]; the target is told to start an election now
+    /// (`RaftPeer.TimeoutNow`), and the answer comes once this node sees a
+    /// new leader, or after [`TRANSFER_ELECTION`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (field `to`) for the leader itself, a
+    /// learner or an unknown id; [`Error::FailedPrecondition`] when there is
+    /// no other voter or another transfer is running; [`Error::Unavailable`]
+    /// when no leader is reachable, the target does not catch up in time,
+    /// or it does not win the election (the message says who leads).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(NodeId, u64)> {
+        if self.leader_term().is_none() {
+            let wait = Duration::from_millis(self.config.write_timeout_ms);
+            let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
+                Error::Unavailable("no Raft leader is known to transfer leadership from".into())
+            })?;
+            if leader.0 != self.id {
+                let budget = self.transfer_budget();
+                return self
+                    .call_peer(
+                        PeerRole::Leader("transfer_leader"),
+                        leader,
+                        &to,
+                        budget,
+                        |mut c, r| async move { c.transfer_leader(r).await },
+                    )
+                    .await;
+            }
+        }
+        self.transfer_leader_local(to).await
+    }
+
+    /// [`Node::transfer_leader`] on this node only: [`Error::NotLeader`]
+    /// when it does not lead. The target of forwarded transfers.
+    ///
+    /// # Errors
+    /// As [`Node::transfer_leader`], without forwarding.
+    pub async fn transfer_leader_local(&self, to: NodeId) -> Result<(NodeId, u64)> {
+        let Ok(_one) = self.transfer.try_lock() else {
+            return Err(Error::FailedPrecondition(
+                "a leadership transfer is already running on this leader; wait for its answer"
+                    .into(),
+            ));
+        };
+        let res = self.run_transfer(to).await;
+        let result = match &res {
+            Ok(_) => "ok",
+            Err(
+                Error::InvalidArgument { .. }
+                | Error::FailedPrecondition(_)
+                | Error::NotLeader { .. },
+            ) => "rejected",
+            Err(_) => "failed",
+        };
+        self.metrics
+            .leader_transfers
+            .get_or_create(&TransferResult { result })
+            .inc();
+        res
+    }
+
+    /// Longest a transfer can take on the leader (lease wait, catch-up,
+    /// TimeoutNow, election), plus a margin: the forwarding timeout.
+    fn transfer_budget(&self) -> Duration {
+        self.leader_lease()
+            + TRANSFER_CATCH_UP
+            + TIMEOUT_NOW_RPC
+            + self.transfer_election_wait()
+            + Duration::from_secs(1)
+    }
+
+    /// openraft's leader lease: `election_timeout_max`.
+    fn leader_lease(&self) -> Duration {
+        Duration::from_millis(self.config.raft.election_timeout_max_ms)
+    }
+
+    fn transfer_election_wait(&self) -> Duration {
+        TRANSFER_ELECTION.max(3 * self.leader_lease())
+    }
+
+    async fn run_transfer(&self, to: NodeId) -> Result<(NodeId, u64)> {
+        let Some(term) = self.leader_term() else {
+            return Err(self.not_leader_here());
+        };
+        let (to, target) = {
+            let m = self.raft_metrics();
+            let membership = m.membership_config.membership();
+            let voters: BTreeMap<NodeId, u64> = membership
+                .voter_ids()
+                .map(|id| (id, matched_index(&m, id)))
+                .collect();
+            let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+            let to = pick_transfer_target(self.id, to, &voters, &learners)?;
+            let node = membership.get_node(&to).cloned().ok_or_else(|| {
+                Error::Internal(format!("voter {to} has no addresses in the membership"))
+            })?;
+            (to, node)
+        };
+        // openraft rejects a vote request while the voter's own vote is
+        // within its leader lease of its last change; on a leader that
+        // change was its election. Once that has passed, this leader grants
+        // the target its vote, which with the target's own is a majority of
+        // three.
+        let lease = self.leader_lease();
+        let led = self.led_for(Some(term));
+        if led < lease {
+            tokio::time::sleep(lease - led).await;
+        }
+        let deadline = tokio::time::Instant::now() + TRANSFER_CATCH_UP;
+        let Ok(_held) = tokio::time::timeout_at(deadline, self.proposals.write()).await else {
+            return Err(Error::Unavailable(format!(
+                "writes in flight did not finish within {} ms; node {} still leads",
+                TRANSFER_CATCH_UP.as_millis(),
+                self.id
+            )));
+        };
+        if self.leader_term() != Some(term) {
+            return Err(self.not_leader_here());
+        }
+        let last = self.raft_metrics().last_log_index.unwrap_or(0);
+        let caught_up = self
+            .raft
+            .wait(Some(
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            ))
+            .metrics(
+                |m| matched_index(m, to) >= last,
+                "transfer target caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(Error::Unavailable(format!(
+                "node {to} did not replicate the log up to index {last} within {} ms (it has {}); node {} still leads",
+                TRANSFER_CATCH_UP.as_millis(),
+                matched_index(&self.raft_metrics(), to),
+                self.id
+            )));
+        }
+        let _no_campaign = ElectionHold::new(&self.raft);
+        tracing::info!(
+            to,
+            term,
+            index = last,
+            "transfer target caught up; sending TimeoutNow"
+        );
+        let () = self
+            .call_peer(
+                PeerRole::TransferTarget,
+                (to, target),
+                &term,
+                TIMEOUT_NOW_RPC,
+                |mut c, r| async move { c.timeout_now(r).await },
+            )
+            .await?;
+        let wait = self.transfer_election_wait();
+        let elected = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.id),
+                "a new leader",
+            )
+            .await;
+        let m = elected.unwrap_or_else(|_| self.raft_metrics());
+        match m.current_leader {
+            Some(l) if l == to => {
+                tracing::info!(to, term = m.current_term, "leadership transferred");
+                Ok((to, m.current_term))
+            }
+            Some(l) if l != self.id => Err(Error::Unavailable(format!(
+                "node {l} won the election in term {} instead of node {to}; retry the transfer",
+                m.current_term
+            ))),
+            Some(_) => Err(Error::Unavailable(format!(
+                "node {to} did not win an election within {} ms; node {} still leads (term {}); see node {to}'s log for why its election failed",
+                wait.as_millis(),
+                self.id,
+                m.current_term
+            ))),
+            None => Err(Error::Unavailable(format!(
+                "node {to} did not win an election within {} ms and node {} stepped down; no leader is known yet (term {}), the cluster is electing one",
+                wait.as_millis(),
+                self.id,
+                m.current_term
+            ))),
+        }
+    }
+
+    /// On a transfer's target: starts an election now, on the word of the
+    /// leader `from` in `leader_term` (`RaftPeer.TimeoutNow`). A no-op on a
+    /// leader.
+    ///
+    /// # Errors
+    /// [`Error::FailedPrecondition`] when this node is not a voter or is in
+    /// a newer term than the sender; [`Error::Unavailable`] when Raft has
+    /// stopped.
+    pub async fn timeout_now(&self, from: NodeId, leader_term: u64) -> Result<()> {
+        let m = self.raft_metrics();
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} is not a voter and cannot become leader",
+                self.id
+            )));
+        }
+        if m.current_term > leader_term {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} is in term {}, after node {from}'s term {leader_term}; leadership has moved since",
+                self.id, m.current_term
+            )));
+        }
+        if m.state == ServerState::Leader {
+            return Ok(());
+        }
+        tracing::info!(
+            from,
+            leader_term,
+            "TimeoutNow from the leader: starting an election"
+        );
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|f| Error::Unavailable(format!("raft has stopped: {f}")))
     }
 
     /// Asks the members in `seeds` (Raft addresses) to add this node,
@@ -745,11 +1156,7 @@ impl Node {
         let members: Vec<MemberStatus> = membership
             .nodes()
             .map(|(id, n)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map_or(0, |l| l.index);
+                let matched = matched_index(&m, *id);
                 MemberStatus {
                     id: *id,
                     node: n.clone(),
@@ -880,6 +1287,26 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// True when a request forwarded to the leader failed only because
+/// leadership moved while it was on its way (the old leader answered
+/// NotLeader, so it did not act on it) and time is left: then pauses
+/// briefly, for this node to learn the new leader, before it is sent again.
+async fn leader_moved<T>(res: &Result<T>, remaining: Duration) -> bool {
+    if matches!(res, Err(Error::NotLeader { .. })) && !remaining.is_zero() {
+        tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
+        return true;
+    }
+    false
+}
+
+/// On the leader: the last log index replicated to `id` (0 when unknown).
+fn matched_index(m: &RaftMetrics<NodeId, MemberNode>, id: NodeId) -> u64 {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map_or(0, |l| l.index)
+}
+
 /// On the leader, revokes expired sessions in one batched entry per check.
 async fn lessor_loop(node: Arc<Node>) {
     let interval = Duration::from_millis(node.config.sessions.check_interval_ms);
@@ -890,6 +1317,7 @@ async fn lessor_loop(node: Arc<Node>) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let term = node.leader_term();
+        node.led_for(term);
         let expired = {
             let s = node.shared.read();
             node.leases.lock().unwrap_or_else(|p| p.into_inner()).tick(
@@ -918,5 +1346,40 @@ async fn lessor_loop(node: Arc<Node>) {
             }
             Err(e) => tracing::warn!(error = %e, "revoking expired sessions failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_target_is_checked_or_picked() {
+        let voters = BTreeMap::from([(1, 40), (2, 38), (3, 40)]);
+        let learners = BTreeSet::from([4]);
+        assert_eq!(pick_transfer_target(1, 2, &voters, &learners), Ok(2));
+        // 0: the most caught-up other voter.
+        assert_eq!(pick_transfer_target(1, 0, &voters, &learners), Ok(3));
+        // Equal matched indexes: the lowest id.
+        let even = BTreeMap::from([(1, 9), (2, 9), (3, 9)]);
+        assert_eq!(pick_transfer_target(3, 0, &even, &learners), Ok(1));
+        for (to, says) in [
+            (1, "node 1 already leads"),
+            (4, "node 4 is a learner"),
+            (9, "node 9 is not a member of the cluster (voters: 1, 2, 3)"),
+        ] {
+            match pick_transfer_target(1, to, &voters, &learners) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "to");
+                    assert!(reason.contains(says), "{reason}");
+                }
+                other => panic!("to = {to}: {other:?}"),
+            }
+        }
+        let alone = BTreeMap::from([(1, 5)]);
+        assert!(matches!(
+            pick_transfer_target(1, 0, &alone, &BTreeSet::new()),
+            Err(Error::FailedPrecondition(_))
+        ));
     }
 }

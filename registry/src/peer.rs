@@ -1,6 +1,7 @@
 //! The server side of `meshreg.raft.v1.RaftPeer` (port 7072): openraft's
-//! RPCs from other nodes, and the requests followers forward to the leader
-//! (writes, keepalives, read indexes, joins).
+//! RPCs from other nodes, the requests followers forward to the leader
+//! (writes, keepalives, read indexes, joins, leadership transfers), and the
+//! leader's TimeoutNow to a transfer's target.
 //!
 //! Undecodable payloads get INVALID_ARGUMENT; nothing a peer sends can
 //! panic the node. The port is for cluster members only: put it on a
@@ -92,6 +93,21 @@ impl RaftPeer for PeerService {
         let () = self.open(req)?;
         Ok(Response::new(encode_reply(
             self.node.read_index_local().await,
+        )))
+    }
+
+    async fn transfer_leader(&self, req: Request<pb::PeerRequest>) -> Reply {
+        let to: NodeId = self.open(req)?;
+        Ok(Response::new(encode_reply(
+            self.node.transfer_leader_local(to).await,
+        )))
+    }
+
+    async fn timeout_now(&self, req: Request<pb::PeerRequest>) -> Reply {
+        let from = req.get_ref().from;
+        let leader_term: u64 = self.open(req)?;
+        Ok(Response::new(encode_reply(
+            self.node.timeout_now(from, leader_term).await,
         )))
     }
 

@@ -1,6 +1,7 @@
 //! Multi-process fault tests of 3-node clusters on loopback: formation and
 //! forwarding, kill -9 of the leader under load, follower catch-up by log
-//! and by snapshot, leader isolation, and sessions across a failover.
+//! and by snapshot, leader isolation, sessions across a failover, and a
+//! planned leadership transfer under load.
 //! Workloads are recorded and checked for linearizability.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use meshreg_tests::cluster::TestCluster;
 use meshreg_tests::linearizability::{check, Op, Outcome, Recorder};
-use meshreg_tests::{eventually, meshreg_bin};
+use meshreg_tests::{eventually, meshreg_bin, Server};
 use serde_json::Value;
 
 /// Short timeouts so faults resolve quickly in tests.
@@ -135,14 +136,81 @@ fn urls(c: &TestCluster) -> Vec<String> {
     c.live().iter().map(|id| c.node(*id).http.clone()).collect()
 }
 
-#[test]
-fn three_nodes_form_a_cluster_and_any_node_takes_any_request() {
-    let c = TestCluster::start(3, CONFIG, &[]).unwrap();
+/// The leader of a 3-node cluster and its two followers.
+fn leader_and_followers(c: &TestCluster) -> (u64, u64, u64) {
     let leader = c
         .wait_leader(Duration::from_secs(10), None)
         .expect("a leader");
     let follower = (1..=3).find(|i| *i != leader).unwrap();
     let other = (1..=3).find(|i| *i != leader && *i != follower).unwrap();
+    (leader, follower, other)
+}
+
+/// `meshreg ctl` with `args`; (success, stdout, stderr).
+fn ctl(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(meshreg_bin())
+        .arg("ctl")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Grants `n` sessions of `ttl_ms` through `node` and registers an instance
+/// of app `ka` on each (ids `e0`, `e1`, ...); returns the session ids.
+fn ephemeral_instances(node: &Server, n: usize, ttl_ms: u64) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let r = node.post("/v1/sessions", &format!(r#"{{"ttl_ms": {ttl_ms}}}"#));
+            assert_eq!(r.status, 201, "{}", r.text);
+            let sid = r.json()["session_id"].as_u64().unwrap();
+            let body = format!(
+                r#"{{"app":"ka","id":"e{i}","address":"10.0.0.1","ports":{{"http":80}},"session":{sid}}}"#
+            );
+            let r = node.post("/v1/namespaces/default/instances", &body);
+            assert_eq!(r.status, 200, "{}", r.text);
+            sid
+        })
+        .collect()
+}
+
+/// A client that keeps `sessions` alive every `every` through `urls` in
+/// turn (retrying through elections) until `stop`; returns the sessions a
+/// keepalive found gone.
+fn keep_alive(
+    urls: Vec<String>,
+    sessions: Vec<u64>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut lost = Vec::new();
+        for url in urls.iter().cycle() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            for s in &sessions {
+                let r = agent()
+                    .put(format!("{url}/v1/sessions/{s}/keepalive"))
+                    .send_empty();
+                if r.is_ok_and(|r| r.status() == 404) {
+                    lost.push(*s);
+                }
+            }
+            std::thread::sleep(every);
+        }
+        lost
+    })
+}
+
+#[test]
+fn three_nodes_form_a_cluster_and_any_node_takes_any_request() {
+    let c = TestCluster::start(3, CONFIG, &[]).unwrap();
+    let (leader, follower, other) = leader_and_followers(&c);
 
     // A write to a follower is forwarded to the leader.
     let r = c
@@ -177,24 +245,16 @@ fn three_nodes_form_a_cluster_and_any_node_takes_any_request() {
         .contains("meshreg_forwarded_total{kind=\"write\"}"));
 
     // ctl cluster status shows three voters and the leader.
-    let out = std::process::Command::new(meshreg_bin())
-        .args([
-            "ctl",
-            "--addr",
-            &c.node(follower).grpc,
-            "-o",
-            "json",
-            "cluster",
-            "status",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, out, err) = ctl(&[
+        "--addr",
+        &c.node(follower).grpc,
+        "-o",
+        "json",
+        "cluster",
+        "status",
+    ]);
+    assert!(ok, "{err}");
+    let st: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st["leader_id"], leader);
     assert_eq!(
         st["members"]
@@ -368,36 +428,16 @@ fn sessions_kept_alive_survive_a_leader_failover() {
         .expect("a leader");
     let via = (1..=3).find(|i| *i != leader).unwrap();
     let n = c.node(via);
-    let mut sessions = Vec::new();
-    for i in 0..5 {
-        let sid = n.post("/v1/sessions", r#"{"ttl_ms": 3000}"#).json()["session_id"]
-            .as_u64()
-            .unwrap();
-        let body = format!(
-            r#"{{"app":"ka","id":"i{i}","address":"10.0.0.1","ports":{{"http":80}},"session":{sid}}}"#
-        );
-        assert_eq!(
-            n.post("/v1/namespaces/default/instances", &body).status,
-            200
-        );
-        sessions.push(sid);
-    }
+    let sessions = ephemeral_instances(n, 5, 3000);
     // A client that keeps alive every 500 ms through a surviving follower,
     // retrying through the election.
     let stop = Arc::new(AtomicBool::new(false));
-    let ka = {
-        let (stop, url, sessions) = (stop.clone(), n.http.clone(), sessions.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for s in &sessions {
-                    let _ = agent()
-                        .put(format!("{url}/v1/sessions/{s}/keepalive"))
-                        .send_empty();
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        })
-    };
+    let ka = keep_alive(
+        vec![n.http.clone()],
+        sessions,
+        Duration::from_millis(500),
+        stop.clone(),
+    );
     std::thread::sleep(Duration::from_millis(1000));
     c.kill9(leader);
     c.wait_leader(Duration::from_secs(15), Some(leader))
@@ -582,4 +622,182 @@ fn a_new_node_catches_up_on_large_entries_before_it_votes() {
         .unwrap()
         .len();
     assert_eq!(n, 8000);
+}
+
+/// Leader and term as every running node sees them, once they all agree.
+fn agreed_leader(c: &TestCluster) -> Option<(u64, u64)> {
+    let views: Vec<(Option<u64>, Option<u64>)> = c
+        .live()
+        .iter()
+        .map(|id| {
+            let st = c.status(*id).unwrap_or_default();
+            (st["leader_id"].as_u64(), st["term"].as_u64())
+        })
+        .collect();
+    match views[0] {
+        (Some(l), Some(t)) if l != 0 && views.iter().all(|v| *v == views[0]) => Some((l, t)),
+        _ => None,
+    }
+}
+
+/// `meshreg ctl cluster transfer-leader`: leadership moves to the named
+/// follower (and then to the most caught-up voter) while clients keep
+/// sessions alive and write through every node. Every node agrees on the
+/// new leader, no write fails, no instance disappears, and an unknown
+/// target is refused with an error naming it.
+#[test]
+fn transfer_leader_to_a_named_follower_keeps_sessions_and_writes() {
+    let c = TestCluster::start(3, CONFIG, &[]).unwrap();
+    let (_, target, other) = leader_and_followers(&c);
+
+    // Ephemeral instances on short sessions, kept alive through every node
+    // in turn, and persistent ones.
+    let n = c.node(other);
+    let sessions = ephemeral_instances(n, 5, 1500);
+    for i in 0..5 {
+        let r = n.post(
+            "/v1/namespaces/default/instances",
+            &format!(r#"{{"app":"ka","id":"p{i}","address":"10.0.0.2","ports":{{"http":80}}}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let ka = keep_alive(urls(&c), sessions, Duration::from_millis(300), stop.clone());
+    // A client writing through every node in turn during the hand-over.
+    let writer = {
+        let (stop, urls) = (stop.clone(), urls(&c));
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let url = &urls[ok as usize % urls.len()];
+                let r = agent()
+                    .post(format!("{url}/v1/namespaces/default/instances"))
+                    .header("content-type", "application/json")
+                    .send(&instance_body(
+                        &format!("w{}", ok + failed.len() as u64),
+                        "1",
+                    ));
+                match r {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(mut r) => failed.push(format!(
+                        "{url}: {} {}",
+                        r.status(),
+                        r.body_mut().read_to_string().unwrap_or_default()
+                    )),
+                    Err(e) => failed.push(format!("{url}: {e}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Asked of the third node, which forwards it to the leader.
+    let (_, term_before) = agreed_leader(&c).expect("the nodes agree on a leader");
+    let started = Instant::now();
+    let (ok, out, err) = ctl(&[
+        "--addr",
+        &c.node(other).grpc,
+        "-o",
+        "json",
+        "cluster",
+        "transfer-leader",
+        "--to",
+        &target.to_string(),
+    ]);
+    assert!(ok, "transfer-leader failed: {err}");
+    eprintln!("transfer to {target} took {:?}: {out}", started.elapsed());
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["leader_id"], target, "{reply}");
+    let term = reply["term"].as_u64().unwrap();
+    assert!(term > term_before, "{reply}");
+    let agreed = eventually(Duration::from_secs(5), || {
+        agreed_leader(&c) == Some((target, term))
+    });
+    assert!(
+        agreed,
+        "the nodes do not all see node {target} leading in term {term}: {:?}",
+        c.live().iter().map(|id| c.status(*id)).collect::<Vec<_>>()
+    );
+
+    // Without --to: the most caught-up other voter, right after an election
+    // (the new leader first waits out its own leader lease).
+    let (ok, out, err) = ctl(&["--addr", &c.node(target).grpc, "cluster", "transfer-leader"]);
+    assert!(ok, "transfer-leader without --to failed: {err}");
+    let mut moved = None;
+    let ok = eventually(Duration::from_secs(5), || {
+        moved = agreed_leader(&c).filter(|(l, _)| *l != target);
+        moved.is_some()
+    });
+    let (second, second_term) =
+        moved.unwrap_or_else(|| panic!("leadership did not move off node {target} ({ok})"));
+    assert_eq!(
+        out.trim(),
+        format!("node {second} is the leader in term {second_term}")
+    );
+    eprintln!("then to {second}: {}", out.trim());
+
+    // Several TTLs later, with the clients still going: nothing expired.
+    std::thread::sleep(Duration::from_millis(4000));
+    let count = |app: &str| {
+        c.node(other)
+            .get(&format!("/v1/namespaces/default/instances?app={app}"))
+            .json()["instances"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        count("ka"),
+        10,
+        "an instance disappeared across the transfers"
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(ka.join().unwrap(), Vec::<u64>::new(), "sessions were lost");
+    let (written, failed) = writer.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "writes failed during the transfers: {failed:?}"
+    );
+    assert!(written > 10, "the writer made progress ({written} writes)");
+
+    // Writes go through any node afterwards.
+    for id in 1..=3 {
+        let r = c.node(id).post(
+            "/v1/namespaces/default/instances",
+            &instance_body(&format!("after{id}"), "1"),
+        );
+        assert_eq!(r.status, 200, "write through node {id}: {}", r.text);
+    }
+    assert_converged(&c);
+    assert_eq!(count("lin") as u64, written + 3);
+
+    // Unknown and invalid targets are refused, naming the node.
+    let (ok, _, err) = ctl(&[
+        "--addr",
+        &c.node(target).grpc,
+        "cluster",
+        "transfer-leader",
+        "--to",
+        "9",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid to: node 9 is not a member of the cluster (voters: 1, 2, 3)"),
+        "{err}"
+    );
+    let (ok, _, err) = ctl(&[
+        "--addr",
+        &c.node(target).grpc,
+        "cluster",
+        "transfer-leader",
+        "--to",
+        &second.to_string(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("node {second} already leads")),
+        "{err}"
+    );
+    assert_eq!(agreed_leader(&c).map(|l| l.0), Some(second));
 }

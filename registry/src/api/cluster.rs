@@ -1,7 +1,8 @@
 //! `meshreg.cluster.v1.Cluster`: cluster status and membership changes
-//! (port 7071, next to the registry API). Membership changes run on the
-//! leader; `AddNode` is forwarded there by a follower, `RemoveNode` answers
-//! UNAVAILABLE with the leader's address in `x-meshreg-leader-addr`.
+//! (port 7071, next to the registry API). Membership changes and
+//! leadership transfers run on the leader; `AddNode` and `TransferLeader`
+//! are forwarded there by a follower, `RemoveNode` answers UNAVAILABLE with
+//! the leader's address in `x-meshreg-leader-addr`.
 
 use std::sync::Arc;
 
@@ -111,5 +112,17 @@ impl Cluster for ClusterService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ChangeReply { voters }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderReply>, Status> {
+        let (leader_id, term) = self
+            .node
+            .transfer_leader(req.into_inner().to)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::TransferLeaderReply { leader_id, term }))
     }
 }
