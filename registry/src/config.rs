@@ -34,9 +34,9 @@ pub struct RaftSection {
 impl Default for RaftSection {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
             snapshot_logs_since_last: 20_000,
             logs_kept_after_snapshot: 5_000,
             max_payload_entries: 300,
