@@ -160,8 +160,9 @@ enum CtlCmd {
         #[arg(long, env = "MESHREG_HTTP", default_value = "http://127.0.0.1:7070")]
         http: String,
     },
-    /// Registries this cluster imports (MCP, ZooKeeper and etcd sources):
-    /// state, last sync, record counts, quarantined records with reasons.
+    /// Registries this cluster imports (MCP, ZooKeeper, etcd and Nacos
+    /// sources): state, priority, last sync, record counts (owned and
+    /// shadowed), quarantined and shadowed records with reasons.
     /// Ask the leader.
     Sources {
         /// HTTP address of the node to ask.
@@ -330,17 +331,30 @@ fn sources(http: &str, json_out: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<9} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  LAST ERROR",
-        "SOURCE", "KIND", "ADDRESS", "STATE", "RECORDS", "UPSERTED", "REMOVED", "QUARANTINED"
+        "{:<16} {:<9} {:<22} {:<10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11}  LAST ERROR",
+        "SOURCE",
+        "KIND",
+        "ADDRESS",
+        "STATE",
+        "PRIORITY",
+        "RECORDS",
+        "OWNED",
+        "SHADOWED",
+        "UPSERTED",
+        "REMOVED",
+        "QUARANTINED"
     );
     for s in v["sources"].as_array().into_iter().flatten() {
         println!(
-            "{:<16} {:<9} {:<22} {:<10} {:>8} {:>9} {:>8} {:>11}  {}",
+            "{:<16} {:<9} {:<22} {:<10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11}  {}",
             s["name"].as_str().unwrap_or("-"),
             s["kind"].as_str().unwrap_or("-"),
             s["address"].as_str().unwrap_or("-"),
             s["state"].as_str().unwrap_or("-"),
+            s["priority"].as_i64().unwrap_or(0),
             s["records"].as_u64().unwrap_or(0),
+            s["owned"].as_u64().unwrap_or(0),
+            s["shadowed"].as_u64().unwrap_or(0),
             s["upserted"].as_u64().unwrap_or(0),
             s["removed"].as_u64().unwrap_or(0),
             s["quarantined_total"]
@@ -348,12 +362,17 @@ fn sources(http: &str, json_out: bool) -> anyhow::Result<()> {
                 .unwrap_or_else(|| s["quarantined"].as_array().map_or(0, |q| q.len() as u64)),
             s["last_error"].as_str().unwrap_or("")
         );
-        for q in s["quarantined"].as_array().into_iter().flatten() {
-            println!(
-                "    quarantined {}: {}",
-                q[0].as_str().unwrap_or("?"),
-                q[1].as_str().unwrap_or("?")
-            );
+        for (what, list) in [
+            ("quarantined", &s["quarantined"]),
+            ("shadowed", &s["shadowed_records"]),
+        ] {
+            for q in list.as_array().into_iter().flatten() {
+                println!(
+                    "    {what} {}: {}",
+                    q[0].as_str().unwrap_or("?"),
+                    q[1].as_str().unwrap_or("?")
+                );
+            }
         }
     }
     Ok(())

@@ -38,11 +38,8 @@ pub enum Command {
         /// Time to live in milliseconds.
         ttl_ms: u64,
     },
-    /// Replace everything an external source contributed with `records`
-    /// (state of the world per source): records are created or replaced,
-    /// the source's instances missing from them are removed. Instances
-    /// registered natively or imported by another source are never
-    /// touched: a record colliding with one is skipped and reported.
+    /// [`Command::SyncSourceRanked`] at priority 0: the form written
+    /// before sources had priorities, still applied from old Raft logs.
     SyncSource {
         /// Source name; every record's provenance names it.
         source: String,
@@ -54,6 +51,31 @@ pub enum Command {
     RevokeSessions {
         /// Session ids; unknown ones are ignored.
         ids: Vec<u64>,
+    },
+    /// Replace everything an external source contributed with `records`
+    /// (state of the world per source), merged with the other sources by
+    /// priority: each record either backs its instance (created or
+    /// replaced) or is kept as a shadowed candidate behind the record that
+    /// wins the identity (namespace, app, id); the source's records missing
+    /// from `records` are removed, and where one backed an instance the
+    /// best shadowed candidate takes its place in the same apply.
+    ///
+    /// The winner: a native registration, always; else the higher
+    /// priority; on equal priority the record backing the instance stays,
+    /// and among tied candidates (a promotion) the lexicographically
+    /// smaller source name. A record whose revision is stored with other
+    /// services, whose namespace does not exist or whose provenance names
+    /// another source is rejected (`skipped`), not shadowed.
+    ///
+    /// Appended last: postcard encodes a variant by its index, so the
+    /// variants before it keep their encoding and old logs still decode.
+    SyncSourceRanked {
+        /// Source name; every record's provenance names it.
+        source: String,
+        /// The source's priority: higher wins an identity.
+        priority: i32,
+        /// The source's whole current set, validated.
+        records: Vec<Registration>,
     },
 }
 
@@ -67,7 +89,7 @@ impl Command {
             Command::Deregister { .. } => "deregister",
             Command::GrantSession { .. } => "grant_session",
             Command::RevokeSessions { .. } => "revoke_sessions",
-            Command::SyncSource { .. } => "sync_source",
+            Command::SyncSource { .. } | Command::SyncSourceRanked { .. } => "sync_source",
         }
     }
 }
@@ -98,12 +120,18 @@ pub enum CommandResponse {
     Synced {
         /// Registry revision after the sync.
         revision: u64,
-        /// Instances created or changed.
+        /// Instances created or changed, whichever record now backs them
+        /// (a takeover by this source, or a candidate replacing it).
         upserted: u32,
-        /// Instances removed.
+        /// This source's records taken out of their instances: each
+        /// instance is removed, or backed by a shadowed candidate instead.
         removed: u32,
-        /// Records not applied: (instance key, reason).
+        /// Records rejected: (instance key, reason).
         skipped: Vec<(String, String)>,
+        /// Records kept as shadowed candidates because another record
+        /// wins their instance: (instance key, `shadowed by ...`). Not an
+        /// error: each takes over when the winner goes away.
+        shadowed: Vec<(String, String)>,
     },
     /// A blank or membership entry.
     Noop,

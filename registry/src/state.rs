@@ -4,9 +4,12 @@
 //! Layout of the state: namespaces → applications → (instance ids,
 //! service revisions); a slab of instances addressed by `u32` ordinal; the
 //! [`Index`] over those ordinals; sessions with the ordinals bound to them;
-//! the derived service → application mapping; and the [`Feed`] of changes.
+//! the derived service → application mapping; the [`Feed`] of changes;
+//! and, per external source, its priority and its *shadowed* records (the
+//! ones another record wins; module `shadows`, rules in
+//! [`Command::SyncSourceRanked`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -21,6 +24,10 @@ use crate::model::{
     DEFAULT_NAMESPACE,
 };
 use crate::selector::Selector;
+
+mod shadows;
+
+use shadows::{Owner, Shadows};
 
 #[derive(Debug, Clone)]
 struct RevisionState {
@@ -57,9 +64,15 @@ pub struct SessionState {
 }
 
 /// The serializable content of a snapshot: enough to rebuild every
-/// derived structure (index, mapping, reference counts).
+/// derived structure (index, mapping, reference counts). Encoded with
+/// postcard (store); read it with [`RegistrySnapshot::decode`].
+///
+/// `S` is the type of the trailing `sources` field: [`SourcesSnapshot`].
+/// Snapshots written before sources had priorities end before that field;
+/// they decode as `RegistrySnapshot<()>`, since postcard encodes `()` as
+/// nothing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RegistrySnapshot {
+pub struct RegistrySnapshot<S = SourcesSnapshot> {
     /// Registry revision.
     pub revision: u64,
     /// Next session id to assign.
@@ -72,6 +85,60 @@ pub struct RegistrySnapshot {
     pub revisions: Vec<ServiceRevision>,
     /// Every instance.
     pub instances: Vec<Arc<Instance>>,
+    /// The sources' merge state (appended last; see the type's doc).
+    pub sources: S,
+}
+
+/// The sources' merge state in a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourcesSnapshot {
+    /// (source, the priority of its last sync), by source name.
+    pub priorities: Vec<(String, i32)>,
+    /// Every shadowed record; its provenance names its source.
+    pub shadowed: Vec<Arc<Registration>>,
+}
+
+impl RegistrySnapshot {
+    /// Decodes a postcard-encoded snapshot: the current layout, or the one
+    /// before `sources` (it then has no shadowed record, and every source
+    /// is at priority 0 until it syncs again).
+    ///
+    /// # Errors
+    /// The error decoding the current layout, when neither layout fits
+    /// `bytes` exactly.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let current = postcard::from_bytes::<RegistrySnapshot>(bytes);
+        let Err(e) = current else { return current };
+        match postcard::take_from_bytes::<RegistrySnapshot<()>>(bytes) {
+            Ok((old, [])) => Ok(old.with_sources(SourcesSnapshot::default())),
+            _ => Err(e),
+        }
+    }
+}
+
+impl<S> RegistrySnapshot<S> {
+    fn with_sources<T>(self, sources: T) -> RegistrySnapshot<T> {
+        RegistrySnapshot {
+            revision: self.revision,
+            next_session_id: self.next_session_id,
+            namespaces: self.namespaces,
+            sessions: self.sessions,
+            revisions: self.revisions,
+            instances: self.instances,
+            sources,
+        }
+    }
+}
+
+/// What one source contributes now ([`Registry::source_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SourceCounts {
+    /// The priority of its last sync (0 before its first).
+    pub priority: i32,
+    /// Instances its records back.
+    pub owned: u64,
+    /// Its records kept as shadowed candidates behind another winner.
+    pub shadowed: u64,
 }
 
 /// The registry: see the module doc.
@@ -87,6 +154,8 @@ pub struct Registry {
     feed: Feed,
     /// Ordinals of the instances each external source contributed.
     by_source: HashMap<String, RoaringBitmap>,
+    /// Source priorities and the records that lose their identity.
+    shadows: Shadows,
 }
 
 impl Registry {
@@ -105,6 +174,7 @@ impl Registry {
             index: Index::new(),
             feed: Feed::new(feed_capacity, 0),
             by_source: HashMap::new(),
+            shadows: Shadows::default(),
         }
     }
 
@@ -158,20 +228,13 @@ impl Registry {
             }
             Command::RevokeSessions { ids } => Ok(self.revoke_sessions(&ids, rev)),
             Command::SyncSource { source, records } => {
-                let (upserted, removed, skipped) = self.sync_source(&source, records, rev);
-                let revision = if upserted + removed > 0 {
-                    self.revision = rev;
-                    rev
-                } else {
-                    self.revision
-                };
-                return CommandResponse::Synced {
-                    revision,
-                    upserted,
-                    removed,
-                    skipped,
-                };
+                return self.sync_source(&source, 0, records, rev);
             }
+            Command::SyncSourceRanked {
+                source,
+                priority,
+                records,
+            } => return self.sync_source(&source, priority, records, rev),
         };
         match result {
             Ok(0) if !change_without_instances => CommandResponse::Applied {
@@ -377,7 +440,9 @@ impl Registry {
     }
 
     /// Creates or replaces one instance; false when it was already stored
-    /// with the same content.
+    /// with the same content. The new record's source no longer has a
+    /// shadowed candidate for it, and a replaced record of another source
+    /// becomes that source's shadowed candidate.
     fn upsert(&mut self, reg: Registration, rev: u64) -> bool {
         let Registration {
             instance: mut new,
@@ -390,6 +455,11 @@ impl Registry {
                 return false;
             }
         }
+        if let Owner::Source(s) = Owner::of(&new) {
+            if self.shadows.has_source(s) {
+                self.shadows.remove(&new.key(), s);
+            }
+        }
         let services =
             self.acquire_revision(&new.namespace, &new.app, &new.revision, &new_services);
         new.mod_revision = rev;
@@ -399,6 +469,13 @@ impl Registry {
         let ord = match (existing, old) {
             (Some(ord), Some(old)) => {
                 let old_services = self.services_of(&old);
+                let old_owner = Owner::of(&old);
+                if matches!(old_owner, Owner::Source(_)) && old_owner != Owner::of(&stored) {
+                    self.shadows.insert(Arc::new(Registration {
+                        instance: (*old).clone(),
+                        services: old_services.to_vec(),
+                    }));
+                }
                 self.index.remove(ord, &old, &old_services);
                 self.track_source(&old, ord, false);
                 if let Some(s) = old.session.and_then(|s| self.sessions.get_mut(&s)) {
@@ -478,11 +555,54 @@ impl Registry {
         true
     }
 
+    /// Takes the record at `ord` out of its instance: the best shadowed
+    /// candidate that can replace it does so in place (one Put event: the
+    /// instance never disappears), else the instance is removed. False
+    /// when `ord` is free.
+    fn retire(&mut self, ord: u32, rev: u64) -> bool {
+        if self.shadows.is_empty() {
+            return self.remove_ordinal(ord, rev);
+        }
+        let Some(old) = self.slots.get(ord as usize).cloned().flatten() else {
+            return false;
+        };
+        let key = old.key();
+        if let Some(reg) = self.take_candidate(&key, None) {
+            self.upsert(reg, rev);
+            // `upsert` kept the retired record as its source's candidate.
+            if let Owner::Source(s) = Owner::of(&old) {
+                self.shadows.remove(&key, s);
+            }
+            return true;
+        }
+        // Candidates left cannot be stored (their revision conflicts) and
+        // have no winner to stand behind: they come back with their
+        // source's next sync, reported there.
+        for dropped in self.shadows.remove_all(&key) {
+            tracing::warn!(instance = %key, record = ?dropped.instance.provenance, "shadowed record dropped: its revision conflicts with a stored one");
+        }
+        self.remove_ordinal(ord, rev)
+    }
+
+    /// Takes out the best shadowed candidate for `key` that can be stored
+    /// (its revision does not conflict) and, with `above`, has a priority
+    /// above it.
+    fn take_candidate(&mut self, key: &InstanceKey, above: Option<i32>) -> Option<Registration> {
+        let source = self
+            .shadows
+            .ranked(key)
+            .into_iter()
+            .take_while(|(_, p, _)| above.is_none_or(|a| *p > a))
+            .find(|(_, _, r)| self.revision_conflict(r).is_none())
+            .map(|(s, _, _)| s.to_string())?;
+        self.shadows.remove(key, &source).map(Arc::unwrap_or_clone)
+    }
+
     fn deregister(&mut self, keys: &[InstanceKey], rev: u64) -> u32 {
         let mut n = 0;
         for k in keys {
             if let Some(ord) = self.ordinal_of(&k.namespace, &k.app, &k.id) {
-                if self.remove_ordinal(ord, rev) {
+                if self.retire(ord, rev) {
                     n += 1;
                 }
             }
@@ -490,68 +610,121 @@ impl Registry {
         n
     }
 
+    /// Applies one source's sync at `priority`; the rules are in
+    /// [`Command::SyncSourceRanked`]. Uses up revision `rev` when an
+    /// instance changed.
     fn sync_source(
         &mut self,
         source: &str,
+        priority: i32,
         records: Vec<Registration>,
         rev: u64,
-    ) -> (u32, u32, Vec<(String, String)>) {
-        let mut skipped = Vec::new();
-        let mut keep: std::collections::HashSet<InstanceKey> = std::collections::HashSet::new();
-        let mut upserted = 0;
+    ) -> CommandResponse {
+        self.shadows.set_priority(source, priority);
+        let (mut upserted, mut removed) = (0, 0);
+        let (mut skipped, mut shadowed) = (Vec::new(), Vec::new());
+        let mut keep: HashSet<InstanceKey> = HashSet::new();
         for r in records {
-            let inst = &r.instance;
-            let key = inst.key();
-            let why = if inst.provenance.as_ref().map(|p| p.source.as_str()) != Some(source) {
-                Some("its provenance does not name this source".to_string())
-            } else if !self.namespaces.contains_key(&inst.namespace) {
-                Some(format!("namespace {:?} does not exist", inst.namespace))
-            } else if let Some(existing) = self.get(&key) {
-                match existing.provenance.as_ref().map(|p| p.source.as_str()) {
-                    Some(s) if s == source => None,
-                    Some(other) => Some(format!("instance owned by source {other:?}")),
-                    None => Some("instance registered natively".to_string()),
-                }
-            } else {
-                None
-            };
-            let why = why.or_else(|| {
-                let existing = self
-                    .namespaces
-                    .get(&inst.namespace)
-                    .and_then(|n| n.apps.get(&inst.app))
-                    .and_then(|a| a.revisions.get(&inst.revision));
-                existing.filter(|e| *e.services != *r.services).map(|_| {
-                    format!(
-                        "revision {:?} is registered with other services",
-                        inst.revision
-                    )
-                })
-            });
-            if let Some(why) = why {
+            let key = r.instance.key();
+            if let Some(why) = self.sync_rejection(source, &r) {
                 skipped.push((key.to_string(), why));
                 continue;
             }
-            if self.upsert(r, rev) {
-                upserted += 1;
+            let live = self.get(&key);
+            // What wins the identity instead of this record, if anything.
+            let beaten_by = match live.as_deref().map(Owner::of) {
+                None => None,
+                Some(Owner::Native) => Some(SHADOWED_BY_NATIVE.to_string()),
+                // The source's own record, outranked by a candidate
+                // (its priority went down): the candidate takes over.
+                Some(Owner::Source(s)) if s == source => {
+                    self.take_candidate(&key, Some(priority)).map(|winner| {
+                        let name = owner_name(&winner);
+                        let why = shadowed_by(name, self.shadows.priority(name));
+                        if self.upsert(winner, rev) {
+                            upserted += 1;
+                        }
+                        why
+                    })
+                }
+                Some(Owner::Source(other)) => {
+                    let p = self.shadows.priority(other);
+                    (p >= priority).then(|| shadowed_by(other, p))
+                }
+            };
+            match beaten_by {
+                None => {
+                    if self.upsert(r, rev) {
+                        upserted += 1;
+                    }
+                }
+                Some(why) => {
+                    self.shadows.insert(Arc::new(r));
+                    shadowed.push((key.to_string(), why));
+                }
             }
             keep.insert(key);
+        }
+        for key in self.shadows.keys_of(source) {
+            if !keep.contains(&key) {
+                self.shadows.remove(&key, source);
+            }
         }
         let owned: Vec<u32> = self
             .by_source
             .get(source)
             .map(|b| b.iter().collect())
             .unwrap_or_default();
-        let mut removed = 0;
         for ord in owned {
             let gone = self.slots[ord as usize]
                 .as_ref()
                 .is_some_and(|i| !keep.contains(&i.key()));
-            if gone && self.remove_ordinal(ord, rev) {
+            if gone && self.retire(ord, rev) {
                 removed += 1;
             }
         }
-        (upserted, removed, skipped)
+        if !self.by_source.contains_key(source) {
+            self.shadows.forget_source(source);
+        }
+        if upserted + removed > 0 {
+            self.revision = rev;
+        }
+        CommandResponse::Synced {
+            revision: self.revision,
+            upserted,
+            removed,
+            skipped,
+            shadowed,
+        }
+    }
+
+    /// Why a source's record cannot be taken at all, if it cannot.
+    fn sync_rejection(&self, source: &str, r: &Registration) -> Option<String> {
+        let inst = &r.instance;
+        if Owner::of(inst) != Owner::Source(source) {
+            Some("its provenance does not name this source".to_string())
+        } else if !self.namespaces.contains_key(&inst.namespace) {
+            Some(format!("namespace {:?} does not exist", inst.namespace))
+        } else {
+            self.revision_conflict(r)
+        }
+    }
+
+    /// Why `r` cannot be stored because its revision is stored with other
+    /// services, if so.
+    fn revision_conflict(&self, r: &Registration) -> Option<String> {
+        let inst = &r.instance;
+        self.namespaces
+            .get(&inst.namespace)
+            .and_then(|n| n.apps.get(&inst.app))
+            .and_then(|a| a.revisions.get(&inst.revision))
+            .filter(|e| *e.services != *r.services)
+            .map(|_| {
+                format!(
+                    "revision {:?} is registered with other services",
+                    inst.revision
+                )
+            })
     }
 
     fn track_source(&mut self, inst: &Instance, ord: u32, add: bool) {
@@ -569,12 +742,43 @@ impl Registry {
         }
     }
 
-    /// Instances each external source contributed.
-    pub fn source_counts(&self) -> BTreeMap<String, u64> {
-        self.by_source
-            .iter()
-            .map(|(s, b)| (s.clone(), b.len()))
+    /// What each external source contributes: the instances its records
+    /// back and its shadowed records, with its priority; by source name.
+    pub fn source_counts(&self) -> BTreeMap<String, SourceCounts> {
+        let mut out: BTreeMap<String, SourceCounts> = BTreeMap::new();
+        for (s, b) in &self.by_source {
+            out.entry(s.clone()).or_default().owned = b.len();
+        }
+        for (s, n) in self.shadows.counts() {
+            out.entry(s.clone()).or_default().shadowed = n as u64;
+        }
+        for (s, c) in &mut out {
+            c.priority = self.shadows.priority(s);
+        }
+        out
+    }
+
+    /// `source`'s shadowed records now, at most `limit`, as (instance
+    /// key, why: what backs the instance instead), in key order.
+    pub fn shadowed_records(&self, source: &str, limit: usize) -> Vec<(String, String)> {
+        let mut keys = self.shadows.keys_of(source);
+        keys.truncate(limit);
+        keys.into_iter()
+            .map(|key| {
+                let why = match self.get(&key).as_deref().map(Owner::of) {
+                    Some(Owner::Native) => SHADOWED_BY_NATIVE.to_string(),
+                    Some(Owner::Source(s)) => shadowed_by(s, self.shadows.priority(s)),
+                    None => "shadowed (no instance backs it)".to_string(),
+                };
+                (key.to_string(), why)
+            })
             .collect()
+    }
+
+    /// The shadowed records for an identity (each source's record that
+    /// another record wins), by source name.
+    pub fn shadowed(&self, key: &InstanceKey) -> Vec<&Registration> {
+        self.shadows.of(key).map(|r| &**r).collect()
     }
 
     fn revoke_sessions(&mut self, ids: &[u64], rev: u64) -> u32 {
@@ -582,7 +786,7 @@ impl Registry {
         for id in ids {
             if let Some(s) = self.sessions.remove(id) {
                 for ord in &s.members {
-                    if self.remove_ordinal(ord, rev) {
+                    if self.retire(ord, rev) {
                         n += 1;
                     }
                 }
@@ -780,6 +984,14 @@ impl Registry {
                 .collect(),
             revisions,
             instances: self.slots.iter().flatten().cloned().collect(),
+            sources: SourcesSnapshot {
+                priorities: self
+                    .shadows
+                    .priorities()
+                    .map(|(s, p)| (s.clone(), p))
+                    .collect(),
+                shadowed: self.shadows.all().cloned().collect(),
+            },
         }
     }
 
@@ -847,11 +1059,33 @@ impl Registry {
             }
             reg.slots.push(Some(inst));
         }
+        for (source, priority) in snap.sources.priorities {
+            reg.shadows.set_priority(&source, priority);
+        }
+        for r in snap.sources.shadowed {
+            reg.shadows.insert(r);
+        }
         reg.revision = snap.revision;
         reg.next_session_id = snap.next_session_id;
         reg.feed.reset(snap.revision);
         reg
     }
+}
+
+/// Why a record is shadowed by a native registration.
+const SHADOWED_BY_NATIVE: &str = "shadowed by a native registration";
+
+/// Why a record is shadowed by `source`'s record at `priority`.
+fn shadowed_by(source: &str, priority: i32) -> String {
+    format!("shadowed by source {source:?} (priority {priority})")
+}
+
+/// The source named by a record's provenance ("" for a native one).
+fn owner_name(r: &Registration) -> &str {
+    r.instance
+        .provenance
+        .as_ref()
+        .map_or("", |p| p.source.as_str())
 }
 
 #[cfg(test)]

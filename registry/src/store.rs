@@ -383,7 +383,7 @@ impl StateMachineStore {
         {
             let stored: StoredSnapshot = postcard::from_bytes(&bytes)
                 .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-            let snap: RegistrySnapshot = postcard::from_bytes(&stored.data)
+            let snap = RegistrySnapshot::decode(&stored.data)
                 .map_err(|e| StorageIOError::read_snapshot(Some(stored.meta.signature()), &e))?;
             state.registry = Registry::from_snapshot(snap, feed_capacity);
             state.last_applied = stored.meta.last_log_id;
@@ -525,7 +525,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let snap: RegistrySnapshot = postcard::from_bytes(&data)
+        let snap = RegistrySnapshot::decode(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let feed_capacity = self.feed_capacity;
         let registry =

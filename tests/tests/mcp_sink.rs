@@ -1,7 +1,8 @@
 //! One meshreg consuming another's ServiceEntries over MCP-over-xDS: the
 //! records appear with their provenance, follow deregistrations (state of
 //! the world per source), never touch native registrations, and records for
-//! an unknown namespace are quarantined and reported in `/v1/sources`.
+//! an unknown namespace are quarantined and reported in `/v1/sources`;
+//! two sources with the same instance are merged by priority.
 
 use std::time::Duration;
 
@@ -178,4 +179,92 @@ fn two_meshregs_importing_from_each_other_do_not_loop() {
         0,
         "the deleted instance did not come back"
     );
+}
+
+/// Two MCP sources exporting the same instance (namespace, app,
+/// address:port): the higher priority backs it, the other's record is kept
+/// shadowed and shown in `/v1/sources`, and takes over when the winner's
+/// record goes away upstream.
+#[test]
+fn the_higher_priority_source_wins_and_the_other_takes_over_when_it_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let low = Server::start(&dir.path().join("low"), &[]).unwrap();
+    let high = Server::start(&dir.path().join("high"), &[]).unwrap();
+    for (s, from) in [(&low, "low"), (&high, "high")] {
+        let body = format!(
+            r#"{{"app":"pay","address":"10.0.0.1","ports":{{"grpc":9090}},"labels":{{"from":"{from}"}}}}"#
+        );
+        assert_eq!(
+            s.post("/v1/namespaces/default/instances", &body).status,
+            200
+        );
+    }
+    let cfg = dir.path().join("sink.toml");
+    let addr = |s: &Server| s.grpc.trim_start_matches("http://").to_string();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[sources]]\nname = \"low\"\naddress = \"{}\"\npriority = 1\n\n\
+             [[sources]]\nname = \"high\"\naddress = \"{}\"\npriority = 5\n",
+            addr(&low),
+            addr(&high)
+        ),
+    )
+    .unwrap();
+    let sink = Server::start(
+        &dir.path().join("sink"),
+        &["--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let source = |name: &str| -> Value {
+        let st = sink.get("/v1/sources").json();
+        st["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let settled = eventually(Duration::from_secs(20), || {
+        let one = instances(&sink, "?app=pay");
+        one.len() == 1
+            && one[0]["provenance"]["source"] == "high"
+            && source("low")["shadowed"] == 1
+            && source("high")["owned"] == 1
+    });
+    assert!(
+        settled,
+        "sink: {:?}\nsources: {}",
+        instances(&sink, "?app=pay"),
+        sink.get("/v1/sources").json()
+    );
+    assert_eq!(instances(&sink, "?app=pay")[0]["labels"]["from"], "high");
+    let low_status = source("low");
+    assert_eq!(low_status["priority"], 1);
+    assert_eq!(low_status["owned"], 0);
+    assert_eq!(
+        low_status["quarantined"],
+        serde_json::json!([]),
+        "shadowed is not an error"
+    );
+    assert_eq!(
+        low_status["shadowed_records"][0][1],
+        "shadowed by source \"high\" (priority 5)"
+    );
+
+    // The winner's record goes away upstream: the shadowed one takes over.
+    assert_eq!(
+        high.delete("/v1/namespaces/default/instances/pay/10.0.0.1:9090")
+            .status,
+        200
+    );
+    let promoted = eventually(Duration::from_secs(20), || {
+        let one = instances(&sink, "?app=pay");
+        one.len() == 1 && one[0]["provenance"]["source"] == "low"
+    });
+    assert!(promoted, "sink: {:?}", instances(&sink, "?app=pay"));
+    assert_eq!(instances(&sink, "?app=pay")[0]["labels"]["from"], "low");
+    assert_eq!(source("low")["owned"], 1);
+    assert_eq!(source("low")["shadowed"], 0);
 }

@@ -1,12 +1,14 @@
 //! Sources: other registries whose services this cluster imports, each
 //! written through Raft as that source's records with state-of-the-world
 //! semantics per source: a record missing from the source's current set is
-//! deleted for that source only, and native registrations or other
-//! sources' records are never touched (a colliding record is skipped and
-//! reported). Each source runs on the leader only and moves with
-//! leadership; it reconnects with capped exponential backoff and jitter.
-//! Invalid records are quarantined with the reason and never block the
-//! rest (`GET /v1/sources`).
+//! deleted for that source only. Sources are merged by priority in the
+//! state machine (`Command::SyncSourceRanked`): a record whose identity a
+//! native registration or a better source wins is kept shadowed, not
+//! dropped, and takes over when the winner goes away. Each source runs on
+//! the leader only and moves with leadership; it reconnects with capped
+//! exponential backoff and jitter. Invalid records are quarantined with
+//! the reason and never block the rest; `GET /v1/sources` lists them, and
+//! what each source owns and has shadowed.
 //!
 //! Kinds ([`SourceKind`]):
 //! - `mcp`: the ServiceEntries of any MCP-over-xDS source (another
@@ -36,6 +38,7 @@ use meshreg_registry::model::{
     validate, InstanceSpec, Locality, Provenance, Registration, ServiceDef,
 };
 use meshreg_registry::node::Node;
+use meshreg_registry::store::Shared;
 use prost::Message;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -47,8 +50,9 @@ use crate::mcp::{APP_ANNOTATION, NAMESPACE_ANNOTATION, SERVICES_ANNOTATION, SERV
 /// it and exports only natively registered instances to it (loop guard).
 pub const SINK_NODE_PREFIX: &str = "meshreg-sink-";
 
-/// Most quarantined records listed per source in `/v1/sources`
-/// (`quarantined_total` counts them all).
+/// Most quarantined records, and most shadowed ones, listed per source in
+/// `/v1/sources` (`quarantined_total` counts all of the last sync's;
+/// `shadowed`, all the source's shadowed records now).
 pub const MAX_QUARANTINE_SHOWN: usize = 1000;
 
 /// What `GET /v1/sources` shows of one source.
@@ -60,6 +64,9 @@ pub struct SourceStatus {
     pub kind: String,
     /// Its address.
     pub address: String,
+    /// Its configured priority: the higher wins an identity another
+    /// source also has.
+    pub priority: i32,
     /// `standby` (not the leader), `connecting`, `syncing`, `synced` or `error`.
     pub state: &'static str,
     /// Unix time of the last applied sync, ms.
@@ -75,6 +82,16 @@ pub struct SourceStatus {
     pub quarantined: Vec<(String, String)>,
     /// Records of the last sync not applied, all of them.
     pub quarantined_total: usize,
+    /// Instances its records back now (the replicated registry's count, so
+    /// followers show it too).
+    pub owned: u64,
+    /// Its records kept shadowed now: a native registration or another
+    /// source's record wins their identity; each takes over when that
+    /// winner goes away.
+    pub shadowed: u64,
+    /// Its shadowed records now: (key, `shadowed by ...`, naming what backs
+    /// the instance instead), at most [`MAX_QUARANTINE_SHOWN`].
+    pub shadowed_records: Vec<(String, String)>,
     /// Last error.
     pub last_error: Option<String>,
 }
@@ -83,6 +100,9 @@ pub struct SourceStatus {
 #[derive(Debug, Clone, Default)]
 pub struct Sinks {
     status: Arc<Mutex<BTreeMap<String, SourceStatus>>>,
+    /// The node's applied state, for each source's owned and shadowed
+    /// counts; `None` when no source was started.
+    registry: Option<Arc<Shared>>,
 }
 
 fn now_ms() -> u64 {
@@ -100,12 +120,16 @@ impl Sinks {
         for s in &sources {
             s.validate()?;
         }
-        let sinks = Sinks::default();
+        let sinks = Sinks {
+            registry: Some(node.shared().clone()),
+            ..Sinks::default()
+        };
         for s in sources {
             sinks.set(&s.name, |st| {
                 st.name = s.name.clone();
                 st.kind = s.kind.as_str().to_string();
                 st.address = s.address.clone();
+                st.priority = s.priority;
                 st.state = "standby";
             });
             tokio::spawn(run_source(node.clone(), s, sinks.clone()));
@@ -118,14 +142,27 @@ impl Sinks {
         f(m.entry(name.to_string()).or_default());
     }
 
-    /// Every source's status.
+    /// Every source's status, with what it owns and has shadowed now.
     pub fn status(&self) -> Vec<SourceStatus> {
-        self.status
+        let mut out: Vec<SourceStatus> = self
+            .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect()
+            .collect();
+        if let Some(r) = &self.registry {
+            let shared = r.read();
+            let counts = shared.registry.source_counts();
+            for s in &mut out {
+                let c = counts.get(&s.name).copied().unwrap_or_default();
+                (s.owned, s.shadowed) = (c.owned, c.shadowed);
+                s.shadowed_records = shared
+                    .registry
+                    .shadowed_records(&s.name, MAX_QUARANTINE_SHOWN);
+            }
+        }
+        out
     }
 
     /// `GET /v1/sources`.
@@ -236,8 +273,8 @@ async fn sync_stream(node: &Arc<Node>, src: &SourceConfig, sinks: &Sinks) -> Res
     }
 }
 
-/// Writes a source's whole current set as one `SyncSource` and records
-/// the outcome in its status.
+/// Writes a source's whole current set, at its priority, as one
+/// `SyncSourceRanked` and records the outcome in its status.
 async fn apply_sync(
     node: &Node,
     src: &SourceConfig,
@@ -247,8 +284,9 @@ async fn apply_sync(
 ) -> Result<(), String> {
     let n = records.len();
     let applied = node
-        .write_local(Command::SyncSource {
+        .write_local(Command::SyncSourceRanked {
             source: src.name.clone(),
+            priority: src.priority,
             records,
         })
         .await;
@@ -257,6 +295,7 @@ async fn apply_sync(
             upserted,
             removed,
             skipped,
+            shadowed,
             ..
         }) => {
             sinks.set(&src.name, |s| {
@@ -271,6 +310,7 @@ async fn apply_sync(
                     .chain(skipped)
                     .take(MAX_QUARANTINE_SHOWN)
                     .collect();
+                s.shadowed_records = shadowed.into_iter().take(MAX_QUARANTINE_SHOWN).collect();
                 s.last_error = None;
             });
             Ok(())

@@ -39,6 +39,14 @@ fn register(r: &mut Registry, specs: Vec<InstanceSpec>) -> CommandResponse {
     })
 }
 
+/// Grants a 5 s session; its id.
+fn grant(r: &mut Registry) -> u64 {
+    match r.apply(&Command::GrantSession { ttl_ms: 5000 }) {
+        CommandResponse::SessionGranted { id, .. } => id,
+        other => panic!("grant failed: {other:?}"),
+    }
+}
+
 #[test]
 fn register_list_deregister() {
     let mut r = Registry::new(100);
@@ -148,11 +156,7 @@ fn service_mapping_follows_revisions() {
 #[test]
 fn sessions_remove_their_instances() {
     let mut r = Registry::new(100);
-    let CommandResponse::SessionGranted { id, .. } =
-        r.apply(&Command::GrantSession { ttl_ms: 5000 })
-    else {
-        panic!("grant failed")
-    };
+    let id = grant(&mut r);
     let mut a = spec("pay", "a", &[]);
     a.session = Some(id);
     register(&mut r, vec![a, spec("pay", "persistent", &[])]);
@@ -246,11 +250,7 @@ fn namespaces() {
 #[test]
 fn snapshot_roundtrip_rebuilds_everything() {
     let mut r = Registry::new(100);
-    let CommandResponse::SessionGranted { id, .. } =
-        r.apply(&Command::GrantSession { ttl_ms: 5000 })
-    else {
-        panic!()
-    };
+    let id = grant(&mut r);
     let mut a = spec("pay", "a", &[("env", "prod")]);
     a.services = vec![svc("pay.Api")];
     a.session = Some(id);
@@ -475,7 +475,8 @@ fn source_syncs_are_state_of_the_world_per_source() {
         sync(&mut r, "a", vec![from_source("a", "pay", "a1")]),
         (0, 1, 0)
     );
-    // Collisions with a native instance or another source are skipped.
+    // Collisions with a native instance or another source's (equal
+    // priority) instance are not errors: they are kept shadowed.
     assert_eq!(
         sync(
             &mut r,
@@ -486,7 +487,7 @@ fn source_syncs_are_state_of_the_world_per_source() {
                 from_source("a", "bill", "b1")
             ]
         ),
-        (0, 0, 2)
+        (0, 0, 0)
     );
     let ids: Vec<String> = r
         .list("default", &Selector::default())
@@ -494,9 +495,19 @@ fn source_syncs_are_state_of_the_world_per_source() {
         .map(|i| i.id.clone())
         .collect();
     assert_eq!(ids, vec!["b1", "a1", "native"]);
-    assert_eq!(r.source_counts().get("a"), Some(&1));
+    assert_eq!(
+        r.source_counts().get("a"),
+        Some(&SourceCounts {
+            priority: 0,
+            owned: 1,
+            shadowed: 2
+        })
+    );
     // Ownership survives a snapshot rebuild.
     let mut r2 = Registry::from_snapshot(r.to_snapshot(), 10);
     assert_eq!(sync(&mut r2, "a", vec![]), (0, 1, 0));
     assert_eq!(r2.instance_count(), 2);
+    assert_eq!(r2.source_counts().get("a"), None);
 }
+
+mod merge;

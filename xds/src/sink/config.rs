@@ -54,8 +54,13 @@ pub struct SourceConfig {
     /// here are quarantined.
     #[serde(default)]
     pub namespaces: BTreeMap<String, String>,
-    /// Priority among sources. Today a record that collides with another
-    /// source's (or a native) instance is skipped whatever the priorities.
+    /// Rank among sources (higher wins): where several sources have a
+    /// record for the same instance (namespace, app, `address:port`), the
+    /// highest priority backs it and the others' records are kept
+    /// shadowed, each taking over when the winner goes away; on equal
+    /// priority the record backing the instance stays. A native
+    /// registration always wins. Sent with every sync
+    /// (`SyncSourceRanked`); see docs/mcp.md, "Merging".
     #[serde(default)]
     pub priority: i32,
     /// `zookeeper`, `etcd` and `nacos`: local namespace of every record;
