@@ -47,7 +47,7 @@ pub struct Catalog {
     pub mappings: BTreeMap<String, Entry<Mapping>>,
 }
 
-/// Registrations for one `SyncSource`, and the entries left out with why.
+/// Registrations for one sync of a source, and the entries left out with why.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Records {
     /// Validated registrations, one per instance.

@@ -77,6 +77,26 @@ pub enum Command {
         /// The source's whole current set, validated.
         records: Vec<Registration>,
     },
+    /// What changed in an external source's set since its last sync, so
+    /// that one changed record of a large source does not rewrite all of
+    /// them: each of `upserts` is taken as in [`Command::SyncSourceRanked`]
+    /// (backing its instance or shadowed), each of `removed` drops the
+    /// source's record for that identity (the best shadowed record takes
+    /// over), and the source's other records stay as they are. The sink
+    /// writes it only after a full sync of the same source and priority in
+    /// the same leadership, and writes a full sync again from time to time.
+    ///
+    /// Appended last, like [`Command::SyncSourceRanked`].
+    SyncSourceDelta {
+        /// Source name; every record's provenance names it.
+        source: String,
+        /// The source's priority, as in its last full sync.
+        priority: i32,
+        /// Records that are new or changed, validated.
+        upserts: Vec<Registration>,
+        /// Identities whose record the source no longer has.
+        removed: Vec<InstanceKey>,
+    },
 }
 
 impl Command {
@@ -90,6 +110,7 @@ impl Command {
             Command::GrantSession { .. } => "grant_session",
             Command::RevokeSessions { .. } => "revoke_sessions",
             Command::SyncSource { .. } | Command::SyncSourceRanked { .. } => "sync_source",
+            Command::SyncSourceDelta { .. } => "sync_source_delta",
         }
     }
 }

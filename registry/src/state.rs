@@ -235,6 +235,12 @@ impl Registry {
                 priority,
                 records,
             } => return self.sync_source(&source, priority, records, rev),
+            Command::SyncSourceDelta {
+                source,
+                priority,
+                upserts,
+                removed,
+            } => return self.sync_source_delta(&source, priority, upserts, removed, rev),
         };
         match result {
             Ok(0) if !change_without_instances => CommandResponse::Applied {
@@ -471,8 +477,13 @@ impl Registry {
                 let old_services = self.services_of(&old);
                 let old_owner = Owner::of(&old);
                 if matches!(old_owner, Owner::Source(_)) && old_owner != Owner::of(&stored) {
+                    // Stored as the source sent it (revisions are set
+                    // when a record backs an instance), so a displaced
+                    // record equals the same record offered again.
+                    let mut instance = (*old).clone();
+                    (instance.create_revision, instance.mod_revision) = (0, 0);
                     self.shadows.insert(Arc::new(Registration {
-                        instance: (*old).clone(),
+                        instance,
                         services: old_services.to_vec(),
                     }));
                 }
@@ -621,49 +632,12 @@ impl Registry {
         rev: u64,
     ) -> CommandResponse {
         self.shadows.set_priority(source, priority);
-        let (mut upserted, mut removed) = (0, 0);
-        let (mut skipped, mut shadowed) = (Vec::new(), Vec::new());
+        let mut out = SyncOutcome::default();
         let mut keep: HashSet<InstanceKey> = HashSet::new();
         for r in records {
-            let key = r.instance.key();
-            if let Some(why) = self.sync_rejection(source, &r) {
-                skipped.push((key.to_string(), why));
-                continue;
+            if let Some(key) = self.offer(source, priority, r, rev, &mut out) {
+                keep.insert(key);
             }
-            let live = self.get(&key);
-            // What wins the identity instead of this record, if anything.
-            let beaten_by = match live.as_deref().map(Owner::of) {
-                None => None,
-                Some(Owner::Native) => Some(SHADOWED_BY_NATIVE.to_string()),
-                // The source's own record, outranked by a candidate
-                // (its priority went down): the candidate takes over.
-                Some(Owner::Source(s)) if s == source => {
-                    self.take_candidate(&key, Some(priority)).map(|winner| {
-                        let name = owner_name(&winner);
-                        let why = shadowed_by(name, self.shadows.priority(name));
-                        if self.upsert(winner, rev) {
-                            upserted += 1;
-                        }
-                        why
-                    })
-                }
-                Some(Owner::Source(other)) => {
-                    let p = self.shadows.priority(other);
-                    (p >= priority).then(|| shadowed_by(other, p))
-                }
-            };
-            match beaten_by {
-                None => {
-                    if self.upsert(r, rev) {
-                        upserted += 1;
-                    }
-                }
-                Some(why) => {
-                    self.shadows.insert(Arc::new(r));
-                    shadowed.push((key.to_string(), why));
-                }
-            }
-            keep.insert(key);
         }
         for key in self.shadows.keys_of(source) {
             if !keep.contains(&key) {
@@ -680,21 +654,111 @@ impl Registry {
                 .as_ref()
                 .is_some_and(|i| !keep.contains(&i.key()));
             if gone && self.retire(ord, rev) {
-                removed += 1;
+                out.removed += 1;
             }
         }
+        self.finish_sync(source, rev, out)
+    }
+
+    /// [`Command::SyncSourceDelta`]: `upserts` offered as in a full sync,
+    /// the source's records for `removed` dropped, the rest untouched.
+    fn sync_source_delta(
+        &mut self,
+        source: &str,
+        priority: i32,
+        upserts: Vec<Registration>,
+        removed: Vec<InstanceKey>,
+        rev: u64,
+    ) -> CommandResponse {
+        self.shadows.set_priority(source, priority);
+        let mut out = SyncOutcome::default();
+        for r in upserts {
+            self.offer(source, priority, r, rev, &mut out);
+        }
+        for key in removed {
+            if self.shadows.remove(&key, source).is_some() {
+                continue;
+            }
+            let Some(ord) = self.ordinal_of(&key.namespace, &key.app, &key.id) else {
+                continue;
+            };
+            let owned = self.slots[ord as usize]
+                .as_deref()
+                .is_some_and(|i| Owner::of(i) == Owner::Source(source));
+            if owned && self.retire(ord, rev) {
+                out.removed += 1;
+            }
+        }
+        self.finish_sync(source, rev, out)
+    }
+
+    /// Takes one record of a sync: it backs its instance (created or
+    /// replaced), or is kept shadowed behind what wins the identity, or is
+    /// rejected. Returns its key unless rejected.
+    fn offer(
+        &mut self,
+        source: &str,
+        priority: i32,
+        r: Registration,
+        rev: u64,
+        out: &mut SyncOutcome,
+    ) -> Option<InstanceKey> {
+        let key = r.instance.key();
+        if let Some(why) = self.sync_rejection(source, &r) {
+            out.skipped.push((key.to_string(), why));
+            return None;
+        }
+        let live = self.get(&key);
+        // What wins the identity instead of this record, if anything.
+        let beaten_by = match live.as_deref().map(Owner::of) {
+            None => None,
+            Some(Owner::Native) => Some(SHADOWED_BY_NATIVE.to_string()),
+            // The source's own record, outranked by a candidate
+            // (its priority went down): the candidate takes over.
+            Some(Owner::Source(s)) if s == source => {
+                self.take_candidate(&key, Some(priority)).map(|winner| {
+                    let name = owner_name(&winner);
+                    let why = shadowed_by(name, self.shadows.priority(name));
+                    if self.upsert(winner, rev) {
+                        out.upserted += 1;
+                    }
+                    why
+                })
+            }
+            Some(Owner::Source(other)) => {
+                let p = self.shadows.priority(other);
+                (p >= priority).then(|| shadowed_by(other, p))
+            }
+        };
+        match beaten_by {
+            None => {
+                if self.upsert(r, rev) {
+                    out.upserted += 1;
+                }
+            }
+            Some(why) => {
+                self.shadows.insert(Arc::new(r));
+                out.shadowed.push((key.to_string(), why));
+            }
+        }
+        Some(key)
+    }
+
+    /// Ends a sync: forgets a source that contributes nothing any more and
+    /// uses up `rev` when something changed.
+    fn finish_sync(&mut self, source: &str, rev: u64, out: SyncOutcome) -> CommandResponse {
         if !self.by_source.contains_key(source) {
             self.shadows.forget_source(source);
         }
-        if upserted + removed > 0 {
+        if out.upserted + out.removed > 0 {
             self.revision = rev;
         }
         CommandResponse::Synced {
             revision: self.revision,
-            upserted,
-            removed,
-            skipped,
-            shadowed,
+            upserted: out.upserted,
+            removed: out.removed,
+            skipped: out.skipped,
+            shadowed: out.shadowed,
         }
     }
 
@@ -1070,6 +1134,15 @@ impl Registry {
         reg.feed.reset(snap.revision);
         reg
     }
+}
+
+/// What one sync did, for its [`CommandResponse::Synced`].
+#[derive(Debug, Default)]
+struct SyncOutcome {
+    upserted: u32,
+    removed: u32,
+    skipped: Vec<(String, String)>,
+    shadowed: Vec<(String, String)>,
 }
 
 /// Why a record is shadowed by a native registration.

@@ -273,8 +273,7 @@ async fn sync_stream(node: &Arc<Node>, src: &SourceConfig, sinks: &Sinks) -> Res
     }
 }
 
-/// Writes a source's whole current set, at its priority, as one
-/// `SyncSourceRanked` and records the outcome in its status.
+/// Writes `records` as the whole current set of `src` (state of the world).
 async fn apply_sync(
     node: &Node,
     src: &SourceConfig,
@@ -283,14 +282,29 @@ async fn apply_sync(
     quarantined: Vec<(String, String)>,
 ) -> Result<(), String> {
     let n = records.len();
-    let applied = node
-        .write_local(Command::SyncSourceRanked {
-            source: src.name.clone(),
-            priority: src.priority,
-            records,
-        })
-        .await;
-    match applied {
+    let cmd = Command::SyncSourceRanked {
+        source: src.name.clone(),
+        priority: src.priority,
+        records,
+    };
+    apply_write(node, src, sinks, cmd, n, quarantined)
+        .await
+        .map(|_| ())
+}
+
+/// Writes one sync of `src` (`SyncSourceRanked` or `SyncSourceDelta`)
+/// through Raft and records the outcome in its status; `total` is the
+/// number of valid records in the source's current set. Returns the keys
+/// of the records the registry rejected.
+async fn apply_write(
+    node: &Node,
+    src: &SourceConfig,
+    sinks: &Sinks,
+    cmd: Command,
+    total: usize,
+    quarantined: Vec<(String, String)>,
+) -> Result<Vec<String>, String> {
+    match node.write_local(cmd).await {
         Ok(CommandResponse::Synced {
             upserted,
             removed,
@@ -298,10 +312,11 @@ async fn apply_sync(
             shadowed,
             ..
         }) => {
+            let rejected = skipped.iter().map(|(k, _)| k.clone()).collect();
             sinks.set(&src.name, |s| {
                 s.state = "synced";
                 s.last_sync_ms = Some(now_ms());
-                s.records = n + quarantined.len();
+                s.records = total + quarantined.len();
                 s.upserted += u64::from(upserted);
                 s.removed += u64::from(removed);
                 s.quarantined_total = quarantined.len() + skipped.len();
@@ -313,7 +328,7 @@ async fn apply_sync(
                 s.shadowed_records = shadowed.into_iter().take(MAX_QUARANTINE_SHOWN).collect();
                 s.last_error = None;
             });
-            Ok(())
+            Ok(rejected)
         }
         Ok(other) => Err(format!("unexpected response to a sync: {other:?}")),
         Err(e) => Err(format!("applying the sync: {e}")),

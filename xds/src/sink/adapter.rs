@@ -1,19 +1,26 @@
 //! Runs a registry adapter (ZooKeeper, etcd, Nacos) as a source: the adapter
 //! keeps its catalog current with the registry's watches; bursts of
 //! changes are debounced ([`QUIET`] of quiet, at most [`MAX_DELAY`] after
-//! the first change) and the whole catalog is then written as one
-//! `SyncSource`, so a source of 100k records is not rewritten per event.
+//! the first change) and then written through Raft: the whole catalog as
+//! one `SyncSourceRanked` the first time in a run (and every
+//! [`FULL_SYNC_EVERY`]), otherwise only the records that changed since the
+//! last write, as one `SyncSourceDelta`, so that one change in a source of
+//! 100k records writes one record, not 100k.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use meshreg_adapters::catalog::Records;
 use meshreg_adapters::feed::Feed;
 use meshreg_adapters::{etcd, nacos, zookeeper};
+use meshreg_registry::command::Command;
+use meshreg_registry::model::{InstanceKey, Registration};
 use meshreg_registry::node::Node;
 use tokio::time::Instant;
 
-use super::{apply_sync, Sinks, SourceConfig, SourceKind};
+use super::{apply_sync, apply_write, Sinks, SourceConfig, SourceKind};
 
 /// Quiet period after the last change before a write.
 pub const QUIET: Duration = Duration::from_millis(100);
@@ -24,6 +31,86 @@ pub const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How often the records are written again while the source's namespace
 /// does not exist here, so that they appear soon after it is created.
 pub const NAMESPACE_RECHECK: Duration = Duration::from_secs(2);
+
+/// How often an adapter source writes its whole set although a delta
+/// would do, so that anything the registry lost of it outside the source's
+/// own writes (a deleted and re-created namespace) comes back.
+pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(600);
+
+/// A record's fingerprint: a hash of its Raft encoding. Records read again
+/// unchanged keep their provenance, so their fingerprint too.
+fn fingerprint(r: &Registration) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(&postcard::to_allocvec(r).unwrap_or_default());
+    h.finish()
+}
+
+/// What the registry holds of a source, as this run last wrote it.
+#[derive(Debug)]
+struct Written {
+    /// Fingerprint of every record the registry took (backing or shadowed).
+    records: HashMap<InstanceKey, u64>,
+    /// When the whole set was last written.
+    full_at: Instant,
+}
+
+/// One write of an adapter source: `SyncSourceDelta` against `written`
+/// when there is one (and it is not time for a full write), else the whole
+/// set; `written` then describes what the registry holds, or is `None`
+/// when that is not known (a failed write: the next one is whole).
+async fn write_records(
+    node: &Node,
+    src: &SourceConfig,
+    sinks: &Sinks,
+    records: Vec<(Registration, u64)>,
+    quarantined: Vec<(String, String)>,
+    written: &mut Option<Written>,
+) -> Result<(), String> {
+    let total = records.len();
+    let now = Instant::now();
+    let mut fingerprints: HashMap<InstanceKey, u64> = records
+        .iter()
+        .map(|(r, f)| (r.instance.key(), *f))
+        .collect();
+    let last = written
+        .take()
+        .filter(|w| now.duration_since(w.full_at) < FULL_SYNC_EVERY);
+    let full_at = last.as_ref().map_or(now, |w| w.full_at);
+    let cmd = match &last {
+        Some(w) => Command::SyncSourceDelta {
+            source: src.name.clone(),
+            priority: src.priority,
+            removed: w
+                .records
+                .keys()
+                .filter(|k| !fingerprints.contains_key(*k))
+                .cloned()
+                .collect(),
+            upserts: records
+                .into_iter()
+                .filter(|(r, f)| w.records.get(&r.instance.key()) != Some(f))
+                .map(|(r, _)| r)
+                .collect(),
+        },
+        None => Command::SyncSourceRanked {
+            source: src.name.clone(),
+            priority: src.priority,
+            records: records.into_iter().map(|(r, _)| r).collect(),
+        },
+    };
+    let rejected = apply_write(node, src, sinks, cmd, total, quarantined).await?;
+    // Rejected records are not held: they are sent again with every write
+    // until the registry takes them (e.g. once their namespace exists).
+    if !rejected.is_empty() {
+        let rejected: std::collections::HashSet<String> = rejected.into_iter().collect();
+        fingerprints.retain(|key, _| !rejected.contains(&key.to_string()));
+    }
+    *written = Some(Written {
+        records: fingerprints,
+        full_at,
+    });
+    Ok(())
+}
 
 /// Quiet-period / maximum-delay debounce, sans I/O.
 #[derive(Debug, Clone)]
@@ -91,6 +178,8 @@ pub(crate) async fn sync_adapter(
     let mut shutdown = node.shutdown_signal();
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let mut recheck: Option<Instant> = None;
+    // What this run wrote last; the first write of a run is whole.
+    let mut written: Option<Written> = None;
     loop {
         let deadline = debounce.deadline();
         tokio::select! {
@@ -120,22 +209,34 @@ pub(crate) async fn sync_adapter(
                 let name = src.name.clone();
                 let f = feed.clone();
                 // Mapping a large catalog takes a while: off the async workers.
-                let records = tokio::task::spawn_blocking(move || f.records(&ns, &name))
-                    .await
-                    .map_err(|e| format!("mapping the catalog: {e}"))?;
-                if let Some(Records { records, mut quarantined }) = records {
+                let records = tokio::task::spawn_blocking(move || {
+                    f.records(&ns, &name).map(|Records { records, quarantined }| {
+                        let records: Vec<(Registration, u64)> = records
+                            .into_iter()
+                            .map(|r| {
+                                let f = fingerprint(&r);
+                                (r, f)
+                            })
+                            .collect();
+                        (records, quarantined)
+                    })
+                })
+                .await
+                .map_err(|e| format!("mapping the catalog: {e}"))?;
+                if let Some((records, mut quarantined)) = records {
                     let ns = src.local_namespace();
                     if !node.shared().read().registry.has_namespace(ns) {
                         let why = format!(
                             "namespace {ns:?} does not exist here; create it or set the source's `namespace`"
                         );
-                        for r in &records {
+                        for (r, _) in &records {
                             quarantined.push((r.instance.key().to_string(), why.clone()));
                         }
+                        written = None;
                         apply_sync(node, src, sinks, Vec::new(), quarantined).await?;
                         recheck = Some(Instant::now() + NAMESPACE_RECHECK);
                     } else {
-                        apply_sync(node, src, sinks, records, quarantined).await?;
+                        write_records(node, src, sinks, records, quarantined, &mut written).await?;
                     }
                 }
             }

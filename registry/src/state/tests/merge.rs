@@ -451,10 +451,17 @@ proptest! {
     /// rebuilt from its own snapshot now and then, as a follower is)
     /// observe the same state, and that state keeps every source's latest
     /// record: backing its instance or shadowed behind the right winner.
+    ///
+    /// A third registry gets every sync the way the sink writes an
+    /// adapter's: a [`Command::SyncSourceDelta`] against the set it sent
+    /// that source last, unless the priority changed (then the full set);
+    /// it must observe the same state too.
     #[test]
     fn merging_is_deterministic_and_loses_no_record(ops in proptest::collection::vec(arb_merge_op(), 1..60)) {
         let mut a = Registry::new(10_000);
         let mut b = Registry::new(10_000);
+        let mut c = Registry::new(10_000);
+        let mut sent: BTreeMap<String, (i32, BTreeMap<String, u32>)> = BTreeMap::new();
         let mut model = Model::default();
         for op in ops {
             let cmds: Vec<Command> = match op {
@@ -465,6 +472,21 @@ proptest! {
                         .map(|(i, g)| (IDS[i].to_string(), g))
                         .collect();
                     let records = set.iter().map(|(id, g)| rec(source, id, *g)).collect();
+                    let delta = match sent.get(source) {
+                        Some((p, last)) if *p == priority => Command::SyncSourceDelta {
+                            source: source.into(),
+                            priority,
+                            upserts: set
+                                .iter()
+                                .filter(|(id, g)| last.get(*id) != Some(*g))
+                                .map(|(id, g)| rec(source, id, *g))
+                                .collect(),
+                            removed: last.keys().filter(|id| !set.contains_key(*id)).map(|id| key(id)).collect(),
+                        },
+                        _ => Command::SyncSourceRanked { source: source.into(), priority, records: set.iter().map(|(id, g)| rec(source, id, *g)).collect() },
+                    };
+                    c.apply(&delta);
+                    sent.insert(source.to_string(), (priority, set.clone()));
                     model.sources.insert(source.to_string(), (priority, set));
                     vec![Command::SyncSourceRanked { source: source.into(), priority, records }]
                 }
@@ -473,6 +495,7 @@ proptest! {
                     if ephemeral {
                         let id = grant(&mut a);
                         prop_assert_eq!(grant(&mut b), id);
+                        prop_assert_eq!(grant(&mut c), id);
                         native.session = Some(id);
                     }
                     model.natives.insert(IDS[i].to_string(), ephemeral);
@@ -497,13 +520,18 @@ proptest! {
                     vec![]
                 }
             };
+            let syncs = matches!(cmds.first(), Some(Command::SyncSourceRanked { .. }));
             for cmd in cmds {
                 let ra = a.apply(&cmd);
                 let rb = b.apply(&cmd);
                 prop_assert_eq!(ra, rb);
+                if !syncs {
+                    c.apply(&cmd);
+                }
             }
             model.check(&a)?;
             prop_assert_eq!(state_of(&a), state_of(&b));
+            prop_assert_eq!(state_of(&a), state_of(&c), "deltas give the state full syncs give");
         }
     }
 }
