@@ -9,13 +9,7 @@ use serde_json::Value;
 
 use crate::{eventually, Server};
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use crate::mesh::free_port;
 
 /// A cluster of `meshreg` processes.
 #[derive(Debug)]

@@ -31,22 +31,38 @@ pub fn proxy_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released), never the same twice in one
-/// test process: sidecars bind with `SO_REUSEPORT`, so two tests' proxies
-/// handed the same released port would silently share it.
+/// A free loopback port for a server a test starts, never the same twice
+/// in one test process: sidecars bind with `SO_REUSEPORT`, so two tests'
+/// proxies handed the same port would silently share it, and cluster nodes
+/// keep their ports across restarts. Ports come from just below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`), which
+/// outgoing connections never use: a port handed out here cannot be taken
+/// by some client's connection before the test's server binds it, as a
+/// bound-and-released ephemeral port can. Each process starts at its own
+/// offset, and a port is checked free before it is handed out.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1024);
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id() * 97) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(low + n % span).expect("a port below 65536");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port in {low}..{ephemeral_low}");
 }
 
 /// A running `meshreg-proxy`.
