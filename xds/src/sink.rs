@@ -309,7 +309,6 @@ async fn apply_write(
             upserted,
             removed,
             skipped,
-            shadowed,
             ..
         }) => {
             let rejected = skipped.iter().map(|(k, _)| k.clone()).collect();
@@ -325,7 +324,6 @@ async fn apply_write(
                     .chain(skipped)
                     .take(MAX_QUARANTINE_SHOWN)
                     .collect();
-                s.shadowed_records = shadowed.into_iter().take(MAX_QUARANTINE_SHOWN).collect();
                 s.last_error = None;
             });
             Ok(rejected)
