@@ -325,7 +325,7 @@ impl Client {
         if let Some(c) = clients().lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
             return Ok(c.clone());
         }
-        let mut props = ClientProps::new()
+        let props = ClientProps::new()
             .server_addr(cfg.address.clone())
             .namespace(cfg.namespace.clone())
             .app_name("meshreg")
@@ -335,11 +335,13 @@ impl Client {
             .naming_push_empty_protection(false)
             .naming_load_cache_at_start(false)
             .cache_dir(std::env::temp_dir().join("meshreg-nacos-cache"));
-        let mut builder = NamingServiceBuilder::new(props.clone());
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            props = props.auth_username(u.clone()).auth_password(p.clone());
-            builder = NamingServiceBuilder::new(props).enable_auth_plugin_http();
-        }
+        let builder = match (&cfg.username, &cfg.password) {
+            (Some(u), Some(p)) => {
+                NamingServiceBuilder::new(props.auth_username(u.clone()).auth_password(p.clone()))
+                    .enable_auth_plugin_http()
+            }
+            _ => NamingServiceBuilder::new(props),
+        };
         let naming = tokio::time::timeout(CONNECT_TIMEOUT, builder.build())
             .await
             .map_err(|_| nacos_error(cfg, format!("no connection within {CONNECT_TIMEOUT:?}")))?
