@@ -88,7 +88,9 @@ const INVALID_ARGUMENT: i32 = 3;
 pub struct Handled {
     /// Requests to send, in order (the ACK/NACK first).
     pub requests: Vec<DeltaDiscoveryRequest>,
-    /// Whether accepted configuration changed.
+    /// Whether accepted configuration changed: a resource added, changed or
+    /// removed, or a subscribed name answered for the first time (which
+    /// can complete warming).
     pub changed: bool,
     /// The NACK message, when the response was rejected.
     pub nack: Option<String>,
@@ -279,7 +281,11 @@ impl AdsState {
         }
         for name in &resp.removed_resources {
             if self.subs[kind.idx()].contains(name) {
-                self.answered[kind.idx()].insert(name.clone());
+                // The first answer for a name can complete the
+                // configuration (warming) even when nothing was held: a
+                // listener waiting for a cluster that does not exist yet
+                // must then be applied.
+                changed |= self.answered[kind.idx()].insert(name.clone());
             }
             changed |= self.remove(kind, name);
         }
@@ -480,3 +486,32 @@ pub fn node(b: &crate::bootstrap::Bootstrap) -> Node {
 
 #[cfg(test)]
 mod tests;
+
+// Kept here rather than in `ads/tests.rs`, which another change owns.
+#[cfg(test)]
+mod warming_tests {
+    use super::*;
+
+    /// A removal of a name never received is the answer that can make the
+    /// configuration warm: it counts as a change (so the listeners are
+    /// applied), once.
+    #[test]
+    fn the_first_answer_for_a_name_is_a_change_even_as_a_removal() {
+        let mut s = AdsState::new(Node::default(), &["l".to_string()]);
+        s.on_connect();
+        let removed = DeltaDiscoveryResponse {
+            type_url: Kind::Listener.url().into(),
+            nonce: "1".into(),
+            removed_resources: vec!["l".into()],
+            ..Default::default()
+        };
+        let h = s.on_response(&removed);
+        assert!(h.changed && h.nack.is_none());
+        assert!(s.is_warm());
+        let h = s.on_response(&DeltaDiscoveryResponse {
+            nonce: "2".into(),
+            ..removed
+        });
+        assert!(!h.changed, "already answered, nothing held");
+    }
+}

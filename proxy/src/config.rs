@@ -77,7 +77,9 @@ pub struct ListenerCfg {
     pub addr: std::net::SocketAddr,
     /// HTTP connection manager, when a chain has one.
     pub http: Option<HttpCfg>,
-    /// TCP proxy target cluster, when a chain (or the default chain) has one.
+    /// TCP proxy target cluster, when a chain (or the default chain) has
+    /// one. Its endpoints are dialled at their application port
+    /// ([`HostCfg::app_authority`]), never their sidecar's.
     pub tcp_cluster: Option<String>,
 }
 
@@ -758,6 +760,26 @@ pub struct HostCfg {
     pub priority: u32,
     /// `envoy.lb` labels, sorted.
     pub labels: Vec<(String, String)>,
+}
+
+impl HostCfg {
+    /// `host:port` of the application itself: [`HostCfg::authority`] with
+    /// the port replaced by [`HostCfg::app_port`] when the endpoint is
+    /// reached through its sidecar, else `authority` as it is. A TCP proxy
+    /// dials this: raw TCP cannot carry [`PORT_HEADER`] to tell the remote
+    /// sidecar which application port it meant.
+    pub fn app_authority(&self) -> std::borrow::Cow<'_, str> {
+        match self.app_port {
+            Some(port) => {
+                let host = self
+                    .authority
+                    .rsplit_once(':')
+                    .map_or(self.authority.as_str(), |(host, _)| host);
+                std::borrow::Cow::Owned(format!("{host}:{port}"))
+            }
+            None => std::borrow::Cow::Borrowed(&self.authority),
+        }
+    }
 }
 
 fn u32v(v: Option<&envoy_types::pb::google::protobuf::UInt32Value>, default: u32) -> u32 {

@@ -39,9 +39,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Action, ForwardAction, PORT_HEADER};
-use crate::runtime::{
-    hash64, retry_backoff, Cluster, ClusterStats, EndpointState, Outcome, PickCtx,
-};
+use crate::runtime::{hash64, retry_backoff, ClusterStats, EndpointState, Outcome, PickCtx};
 
 /// Upstream request body: buffered (replayable) or streamed once.
 pub type ReqBody = Either<Full<Bytes>, Incoming>;
@@ -614,12 +612,4 @@ fn append_forwarded_for(h: &mut HeaderMap, remote: SocketAddr) {
     if !h.contains_key("x-forwarded-proto") {
         h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
-}
-
-/// The cluster a TCP proxy listener forwards to picks an endpoint the same
-/// way; exposed for [`crate::listener`].
-pub fn pick_tcp(cluster: &Cluster) -> Option<Arc<EndpointState>> {
-    cluster
-        .pick(&PickCtx::default())
-        .map(|h| Arc::clone(&h.state))
 }

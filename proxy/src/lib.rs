@@ -44,6 +44,12 @@ pub fn inbound_listener_name(app: &str, port: u16) -> String {
     format!("sidecar|inbound|{app}|{port}")
 }
 
+/// Name of the Listener a sidecar subscribes to for an outbound TCP port
+/// ([`bootstrap::TcpOutbound`]): `sidecar|outbound-tcp|<port>|<target>`.
+pub fn outbound_tcp_listener_name(port: u16, target: &str) -> String {
+    format!("sidecar|outbound-tcp|{port}|{target}")
+}
+
 /// The running proxy: bootstrap, xDS state, the data path's runtime and
 /// the listener set.
 #[derive(Debug)]
@@ -66,10 +72,16 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy for a finished bootstrap (see [`Bootstrap::finish`]).
     pub fn new(bootstrap: Bootstrap) -> Arc<Proxy> {
-        let names = [
+        let mut names = vec![
             outbound_listener_name(bootstrap.outbound_port),
             inbound_listener_name(&bootstrap.app, bootstrap.inbound_port),
         ];
+        names.extend(
+            bootstrap
+                .tcp_outbound
+                .iter()
+                .map(|t| outbound_tcp_listener_name(t.port, &t.target)),
+        );
         let ads = AdsState::new(ads::node(&bootstrap), &names);
         let local = (
             bootstrap.locality.region.clone(),

@@ -7,11 +7,19 @@
 //!   keep going.
 //! - A removed Listener (or one whose address changed) stops accepting and
 //!   its connections are closed gracefully (HTTP/1.1 after the response in
-//!   flight, HTTP/2 with GOAWAY) within the drain timeout.
+//!   flight, HTTP/2 with GOAWAY) within the drain timeout; TCP proxy
+//!   connections are left to finish until then and closed at its end.
 //! - Protocol detection: a Listener with both an HTTP connection manager
-//!   and a TCP proxy peeks at the first bytes: an HTTP/1.x request line or
-//!   the HTTP/2 preface goes to HTTP, anything else to TCP. An HTTP-only
-//!   Listener detects HTTP/1.1 vs h2c itself.
+//!   and a TCP proxy peeks at the first bytes (at most 100 ms): an HTTP/1.x
+//!   request line or the HTTP/2 preface goes to HTTP, anything else
+//!   (including nothing, as from a client waiting for a server-first
+//!   protocol's greeting) to TCP. An HTTP-only Listener detects HTTP/1.1
+//!   vs h2c itself.
+//! - TCP proxying: an endpoint of the cluster picked as for HTTP, dialled
+//!   at its application port (not its sidecar's: raw bytes cannot carry
+//!   the `x-meshreg-port` header), a second endpoint tried when the first
+//!   cannot be reached; then bytes both ways, each side's close (FIN)
+//!   passed on to the other (half-close), until both sides are done.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ListenerCfg;
+use crate::runtime::{EndpointState, PickCtx};
 use crate::Proxy;
 
 /// Counters of one listener.
@@ -213,6 +222,11 @@ async fn serve(
     let drain_timeout = Duration::from_millis(proxy.bootstrap.drain_timeout_ms);
     let accept_for = (drain_timeout / 2).min(Duration::from_secs(2));
     let mut accept_until: Option<tokio::time::Instant> = None;
+    // The graceful shutdown waits for every watcher it handed out, TCP
+    // proxy connections' included (they hold theirs to the end), but it
+    // can only close hyper connections: `tcp_close` ends the TCP proxy
+    // connections still open when the drain times out.
+    let (tcp_close, tcp_close_rx) = watch::channel(false);
     let spawn_conn = |stream: TcpStream, remote: SocketAddr| {
         let _ = stream.set_nodelay(true);
         stats.cx_total.fetch_add(1, Relaxed);
@@ -221,9 +235,13 @@ async fn serve(
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let stats = Arc::clone(&stats);
+        let tcp_close = tcp_close_rx.clone();
         tokio::spawn(async move {
             stats.cx_active.fetch_add(1, Relaxed);
-            handle_conn(proxy, c, stream, remote, builder, watcher, &stats).await;
+            handle_conn(
+                proxy, c, stream, remote, builder, watcher, &stats, tcp_close,
+            )
+            .await;
             stats.cx_active.fetch_sub(1, Relaxed);
         });
     };
@@ -270,9 +288,11 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("drain timeout: closing the remaining connections");
+        tcp_close.send_replace(true);
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one accepted connection and what its listener lends it
 async fn handle_conn(
     proxy: Arc<Proxy>,
     cfg: ListenerCfg,
@@ -281,6 +301,7 @@ async fn handle_conn(
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     stats: &ListenerStats,
+    tcp_close: watch::Receiver<bool>,
 ) {
     let is_http = match (&cfg.http, &cfg.tcp_cluster) {
         (Some(_), None) => true,
@@ -301,7 +322,9 @@ async fn handle_conn(
             tracing::debug!(%remote, error = %e, "downstream connection ended with an error");
         }
     } else if let Some(cluster) = cfg.tcp_cluster {
-        tcp_proxy(&proxy, &cluster, stream, stats).await;
+        // Held to the end: the listener's drain waits for it.
+        let _drain = watcher;
+        tcp_proxy(&proxy, &cluster, stream, remote, stats, tcp_close).await;
     } else {
         stats.cx_no_chain.fetch_add(1, Relaxed);
     }
@@ -339,35 +362,72 @@ pub fn is_http_prefix(b: &[u8]) -> bool {
     METHODS.contains(&&b[..sp])
 }
 
-async fn tcp_proxy(proxy: &Proxy, cluster: &str, mut down: TcpStream, stats: &ListenerStats) {
-    let rt = proxy.runtime();
-    let Some(c) = rt.clusters.get(cluster) else {
+/// Proxies one TCP connection to `cluster`: an endpoint picked as for HTTP
+/// (health, outlier ejection, locality, policy), dialled within the
+/// cluster's connect timeout at its application port
+/// ([`crate::config::HostCfg::app_authority`]); when that fails, one other
+/// endpoint. Then bytes both ways until both sides have closed (a FIN from
+/// one side is passed on and the other direction keeps flowing), either
+/// side resets, or the listener's drain times out. Nothing to dial (no such
+/// cluster, no endpoint, both attempts failed) closes the connection and
+/// counts in [`ListenerStats::tcp_upstream_fail`].
+async fn tcp_proxy(
+    proxy: &Proxy,
+    cluster: &str,
+    mut down: TcpStream,
+    remote: SocketAddr,
+    stats: &ListenerStats,
+    mut close: watch::Receiver<bool>,
+) {
+    // The cluster, not the whole runtime, is kept for the connection's life.
+    let Some(c) = proxy.runtime().clusters.get(cluster).map(Arc::clone) else {
+        tracing::debug!(%remote, cluster, "TCP proxy: no such cluster; closing the connection");
         stats.tcp_upstream_fail.fetch_add(1, Relaxed);
         return;
     };
+    let mut prev: Option<Arc<EndpointState>> = None;
     for _ in 0..2 {
-        let Some(ep) = crate::http::pick_tcp(c) else {
+        let ctx = PickCtx {
+            avoid: prev.as_ref(),
+            ..Default::default()
+        };
+        let Some(host) = c.pick(&ctx) else {
             break;
         };
-        let connect = tokio::time::timeout(
-            c.cfg.connect_timeout,
-            TcpStream::connect(ep.authority.as_str()),
-        )
-        .await;
+        let ep = Arc::clone(&host.state);
+        let addr = host.cfg.app_authority().into_owned();
+        let connect =
+            tokio::time::timeout(c.cfg.connect_timeout, TcpStream::connect(addr.as_str())).await;
         match connect {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
                 c.record(&ep, crate::runtime::Outcome::Success);
                 ep.stats.active.fetch_add(1, Relaxed);
                 ep.stats.total.fetch_add(1, Relaxed);
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                tokio::select! {
+                    r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                        if let Err(e) = r {
+                            tracing::debug!(%remote, upstream = %addr, error = %e, "TCP proxy connection ended with an error");
+                        }
+                    }
+                    _ = crate::until_true(&mut close) => {
+                        tracing::debug!(%remote, upstream = %addr, "TCP proxy connection closed by the drain");
+                    }
+                }
                 ep.stats.active.fetch_sub(1, Relaxed);
                 return;
             }
-            _ => {
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("timed out after {:?}", c.cfg.connect_timeout),
+                };
+                tracing::debug!(%remote, cluster, upstream = %addr, %error, "TCP proxy: connect failed");
+                ep.stats.errors.fetch_add(1, Relaxed);
                 ep.stats.connect_failures.fetch_add(1, Relaxed);
                 c.stats.connect_failures.fetch_add(1, Relaxed);
                 c.record(&ep, crate::runtime::Outcome::LocalFailure);
+                prev = Some(ep);
             }
         }
     }

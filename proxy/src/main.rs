@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use meshreg_proxy::bootstrap::{Bootstrap, Locality};
+use meshreg_proxy::bootstrap::{Bootstrap, Locality, TcpOutbound};
 
 /// The meshreg sidecar: configured entirely by meshreg over delta ADS.
 #[derive(Debug, Parser)]
@@ -48,6 +48,16 @@ struct Args {
     /// Locality zone.
     #[arg(long)]
     zone: Option<String>,
+    /// An outbound TCP port, `<port>=<target>` (e.g. `13306=db.default:3306`;
+    /// target `<app>.<namespace>:<port>`, `<app>:<port>` or a service name):
+    /// the application connects to 127.0.0.1:<port> to reach the target.
+    /// Repeat for more; replaces the bootstrap file's `tcp_outbound`.
+    #[arg(long = "tcp-outbound", value_name = "PORT=TARGET", value_parser = parse_tcp_outbound)]
+    tcp_outbound: Vec<TcpOutbound>,
+}
+
+fn parse_tcp_outbound(s: &str) -> Result<TcpOutbound, String> {
+    TcpOutbound::parse(s).map_err(|e| format!("tcp_outbound: {e}"))
 }
 
 fn bootstrap(a: Args) -> anyhow::Result<Bootstrap> {
@@ -82,6 +92,9 @@ fn bootstrap(a: Args) -> anyhow::Result<Bootstrap> {
     b.access_log |= a.access_log;
     if let Some(v) = a.drain_timeout_ms {
         b.drain_timeout_ms = v;
+    }
+    if !a.tcp_outbound.is_empty() {
+        b.tcp_outbound = a.tcp_outbound;
     }
     if a.region.is_some() || a.zone.is_some() {
         b.locality = Locality {

@@ -1,5 +1,6 @@
 //! Harness for mesh tests: real `meshreg-proxy` processes (sidecars) and
-//! in-process upstream applications (HTTP/1.1 + h2c echo servers).
+//! in-process upstream applications (HTTP/1.1 + h2c echo servers, raw TCP
+//! echo servers).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -289,6 +290,152 @@ impl Echo {
     /// Kills the server: the listener and every open connection (resets in flight).
     pub fn kill(mut self) {
         self.tasks.abort_all();
+    }
+}
+
+/// An in-process raw TCP application shaped like a server-first protocol
+/// (MySQL, SMTP): on accept it greets with `<id>\n`, then echoes every
+/// byte it reads; when the client closes its sending side (FIN) it writes
+/// `bye <n>\n` (`n` = bytes read) and closes. So a client that half-closes
+/// sees the greeting, its bytes, and the `bye` line sent after its FIN.
+///
+/// Started with [`TcpEcho::start_dual`] it sends no greeting and first
+/// looks at what the client sends: an HTTP/1.x request line or the HTTP/2
+/// preface is served as [`Echo`] serves it, anything else is echoed as
+/// above.
+#[derive(Debug)]
+pub struct TcpEcho {
+    /// Its id.
+    pub id: String,
+    /// Its address.
+    pub ip: String,
+    /// Its port.
+    pub port: u16,
+    /// Raw (non-HTTP) connections accepted.
+    pub accepted: Arc<AtomicU64>,
+    /// HTTP requests served (dual mode).
+    pub served: Arc<AtomicU64>,
+    tasks: JoinSet<()>,
+}
+
+impl TcpEcho {
+    /// Starts a greeting echo server on `ip`:`port` (0 = any).
+    pub async fn start_on(id: &str, ip: [u8; 4], port: u16) -> TcpEcho {
+        Self::spawn(id, ip, port, false).await
+    }
+
+    /// Starts an echo server on a fresh loopback port that serves HTTP
+    /// too, and sends no greeting.
+    pub async fn start_dual(id: &str) -> TcpEcho {
+        Self::spawn(id, [127, 0, 0, 1], 0, true).await
+    }
+
+    async fn spawn(id: &str, ip: [u8; 4], port: u16, dual: bool) -> TcpEcho {
+        let sock = tokio::net::TcpListener::bind(SocketAddr::from((ip, port)))
+            .await
+            .expect("bind tcp echo");
+        let port = sock.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let served = Arc::new(AtomicU64::new(0));
+        let conns = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let mut tasks = JoinSet::new();
+        let (id2, accepted2, served2, conns2) = (
+            id.to_string(),
+            Arc::clone(&accepted),
+            Arc::clone(&served),
+            Arc::clone(&conns),
+        );
+        tasks.spawn(async move {
+            loop {
+                let Ok((stream, _)) = sock.accept().await else {
+                    continue;
+                };
+                let (id, accepted, served) =
+                    (id2.clone(), Arc::clone(&accepted2), Arc::clone(&served2));
+                conns2.lock().await.spawn(async move {
+                    if dual && starts_like_http(&stream).await {
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let id = id.clone();
+                            let served = Arc::clone(&served);
+                            async move { Ok::<_, Infallible>(echo(&id, &served, req).await) }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                        return;
+                    }
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let greeting = if dual { None } else { Some(id.as_str()) };
+                    let _ = echo_bytes(stream, greeting).await;
+                });
+            }
+        });
+        // Dropping the TcpEcho aborts its connections too.
+        tasks.spawn(async move {
+            let _keep = conns;
+            std::future::pending::<()>().await;
+        });
+        TcpEcho {
+            id: id.to_string(),
+            ip: std::net::Ipv4Addr::from(ip).to_string(),
+            port,
+            accepted,
+            served,
+            tasks,
+        }
+    }
+
+    /// Kills the server: the listener and every open connection.
+    pub fn kill(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// Whether the client's first bytes (waiting up to 1 s for them) are an
+/// HTTP/1.x request line or the HTTP/2 preface.
+async fn starts_like_http(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let n = loop {
+        match stream.peek(&mut buf).await {
+            Ok(n) if n == 0 || n >= 8 || buf[..n].contains(&b' ') || Instant::now() > deadline => {
+                break n
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => break 0,
+        }
+    };
+    let b = &buf[..n];
+    b.starts_with(b"PRI * HTTP/2")
+        || [
+            "GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ",
+        ]
+        .iter()
+        .any(|m| b.starts_with(m.as_bytes()))
+}
+
+/// `<greeting>\n` when given, then every byte read written back; at the
+/// client's FIN `bye <n>\n` and close.
+async fn echo_bytes(
+    mut stream: tokio::net::TcpStream,
+    greeting: Option<&str>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if let Some(g) = greeting {
+        stream.write_all(format!("{g}\n").as_bytes()).await?;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            stream
+                .write_all(format!("bye {total}\n").as_bytes())
+                .await?;
+            return stream.shutdown().await;
+        }
+        total += n as u64;
+        stream.write_all(&buf[..n]).await?;
     }
 }
 

@@ -1,7 +1,9 @@
 //! `meshreg-proxy` between real processes, configured only by meshreg:
 //! HTTP/1.1, h2c and gRPC through two sidecars; an upstream killed under
 //! load; configuration changes under load; bad requests and bad
-//! upstreams; admin endpoints and drain.
+//! upstreams; admin endpoints and drain; outbound TCP ports (`--tcp-outbound`):
+//! bytes both ways with half-close, protocol detection, endpoints removed
+//! under open connections.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use meshreg_proto::registry::v1::registry_client::RegistryClient;
 use meshreg_proto::registry::v1::ListNamespacesRequest;
-use meshreg_tests::mesh::{free_port, register, register_at, xds_addr, Caller, Echo, Sidecar};
+use meshreg_tests::mesh::{
+    free_port, register, register_at, xds_addr, Caller, Echo, Sidecar, TcpEcho,
+};
 use meshreg_tests::{eventually, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -597,4 +601,395 @@ fn a_new_binary_takes_over_the_ports_without_refusing_connections() {
     );
     assert!(new.is_running());
     assert_eq!(new.admin_get("/ready").0, 200);
+}
+
+// ---------------------------------------------------------------------------
+// Outbound TCP ports
+
+/// Reads up to and including the next `\n` (at most 5 s).
+async fn read_line(s: &mut tokio::net::TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while s.read(&mut b).await.unwrap_or(0) == 1 {
+            line.push(b[0]);
+            if b[0] == b'\n' {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Connects to 127.0.0.1:`port` and reads the greeting line of a
+/// [`TcpEcho`] ("" when the connection is closed without one).
+async fn greeted(port: u16) -> (tokio::net::TcpStream, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let line = read_line(&mut s).await;
+    (s, line)
+}
+
+/// Writes `data` while reading, then half-closes and reads to the end (at
+/// most 20 s): everything the other side sent.
+async fn send_all_then_half_close(s: tokio::net::TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&data).await.unwrap();
+        wr.shutdown().await.unwrap();
+        wr // keep the socket open for reading
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut out))
+        .await
+        .expect("the echo ends within 20 s")
+        .unwrap();
+    drop(writer.await.unwrap());
+    out
+}
+
+/// Echoes `msg` on an open connection.
+async fn ping(s: &mut tokio::net::TcpStream, msg: &str) -> String {
+    s.write_all(msg.as_bytes()).await.unwrap();
+    read_line(s).await
+}
+
+fn tcp_outbound(port: u16, target: &str) -> String {
+    format!("{port}={target}")
+}
+
+#[test]
+fn tcp_outbound_ports_proxy_bytes_both_ways_with_half_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    // The client's sidecar starts before `db` exists: its TCP ports are
+    // bound all the same.
+    let (by_app, by_service) = (free_port(), free_port());
+    let db = rt.block_on(TcpEcho::start_on("db1", [127, 0, 0, 1], 0));
+    let app_target = format!("db.default:{}", db.port);
+    let client = Sidecar::start(
+        dir.path(),
+        &xds,
+        "client",
+        &[
+            "--tcp-outbound",
+            &tcp_outbound(by_app, &app_target),
+            "--tcp-outbound",
+            &tcp_outbound(by_service, "db.Store"),
+        ],
+    )
+    .unwrap();
+    let (st, dump) = client.admin_get("/config_dump");
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let names: Vec<&str> = v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    let app_listener = format!("sidecar|outbound-tcp|{by_app}|{app_target}");
+    assert!(names.contains(&app_listener.as_str()), "{dump}");
+    assert!(
+        names.contains(&format!("sidecar|outbound-tcp|{by_service}|db.Store").as_str()),
+        "{dump}"
+    );
+
+    // Unknown target: TCP connections are closed at once, HTTP gets 503 NC.
+    let (_, line) = rt.block_on(greeted(by_app));
+    assert_eq!(line, "", "nothing to reach yet");
+    let r = rt.block_on(Caller::new().get(by_app, "db", "/")).unwrap();
+    assert_eq!(
+        (r.status, r.header("x-meshreg-flags")),
+        (503, "NC"),
+        "{}",
+        r.body
+    );
+    assert!(
+        client.stat(
+            "meshreg_proxy_tcp_upstream_connect_fail_total",
+            &app_listener
+        ) >= 1,
+        "{}",
+        client.admin_get("/stats").1
+    );
+
+    // `db` registers with protocol tcp, in mesh mode (behind its own
+    // sidecar): HTTP would go to its sidecar, raw TCP must not.
+    let db_side = Sidecar::start(dir.path(), &xds, "db", &[]).unwrap();
+    let body = format!(
+        r#"{{"app":"db","id":"db1","address":"127.0.0.1","ports":{{"tcp":{}}},"services":[{{"name":"db.Store","protocol":"tcp","port_name":"tcp"}}],{}}}"#,
+        db.port,
+        sidecar_meta(&db_side)
+    );
+    let reply = s.post("/v1/namespaces/default/instances", &body);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    for port in [by_app, by_service] {
+        assert!(
+            eventually(Duration::from_secs(20), || rt.block_on(greeted(port)).1
+                == "db1\n"),
+            "port {port} never reached db; {}",
+            client.log_text()
+        );
+        // Server first: the greeting came with nothing sent. Now a round
+        // trip, then ~1 MiB both ways and a half-close: the server sees
+        // the FIN and still gets its last line through.
+        let payload: Vec<u8> = (0..(1usize << 20) + 13).map(|i| (i % 251) as u8).collect();
+        let out = rt.block_on(async {
+            let (mut conn, _) = greeted(port).await;
+            assert_eq!(ping(&mut conn, "hello\n").await, "hello\n");
+            send_all_then_half_close(conn, payload.clone()).await
+        });
+        let bye = format!("bye {}\n", payload.len() + 6);
+        assert_eq!(out.len(), payload.len() + bye.len(), "port {port}");
+        assert!(
+            out[..payload.len()] == payload[..],
+            "port {port}: bytes changed"
+        );
+        assert_eq!(String::from_utf8_lossy(&out[payload.len()..]), bye);
+    }
+    // An empty half-close: just the FIN, passed on.
+    let out = rt.block_on(async {
+        let (conn, _) = greeted(by_app).await;
+        send_all_then_half_close(conn, Vec::new()).await
+    });
+    assert_eq!(out, b"bye 0\n");
+
+    // Raw TCP dialled the application port, not db's sidecar.
+    assert_eq!(
+        db_side.stat("meshreg_proxy_downstream_cx_total", "sidecar|inbound|db|"),
+        0
+    );
+    assert!(db.accepted.load(Ordering::Relaxed) >= 5);
+    let (_, clusters) = client.admin_get("/clusters");
+    let rq = format!(
+        "outbound|{}||db.default::127.0.0.1:{}::rq_total::",
+        db.port, db_side.inbound
+    );
+    assert!(clusters.contains(&rq), "{clusters}");
+    assert_eq!(client.stat("meshreg_proxy_xds_nacks_total", ""), 0);
+}
+
+#[test]
+fn tcp_outbound_ports_route_http_like_the_outbound_listener_and_proxy_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let web = rt.block_on(TcpEcho::start_dual("web"));
+    let web_side = Sidecar::start(dir.path(), &xds, "web", &[]).unwrap();
+    register(&s, "web", web.port, &sidecar_meta(&web_side));
+    let port = free_port();
+    let client = Sidecar::start(
+        dir.path(),
+        &xds,
+        "client",
+        &[
+            "--tcp-outbound",
+            &tcp_outbound(port, &format!("web.default:{}", web.port)),
+        ],
+    )
+    .unwrap();
+    let c = Caller::new();
+    // Any Host: the port says where to go.
+    wait_routable(&rt, &c, port, "127.0.0.1");
+
+    let cluster = format!("cluster=\"outbound|{}||web.default\"", web.port);
+    let inbound = format!("cluster=\"inbound|{}||web.default\"", web.port);
+    let rq_before = client.stat("meshreg_proxy_upstream_rq_total", &cluster);
+    let r = rt.block_on(c.get(port, "localhost", "/x")).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "web /x"));
+    // The HTTP chain: the client's sidecar added x-forwarded-for and sent
+    // the request through web's sidecar, which removed x-meshreg-port.
+    assert!(
+        !r.header("x-seen-x-forwarded-for").is_empty(),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("x-seen-x-meshreg-port"), "");
+    let r = rt
+        .block_on(c.call(true, port, "web", "POST", "/h2", &[], &[7u8; 3000]))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
+    assert_eq!(r.header("x-seen-body-bytes"), "3000");
+    // ...with the outbound route's retries.
+    let retries_before = client.stat("meshreg_proxy_upstream_rq_retry_total", &cluster);
+    let r = rt
+        .block_on(c.call(false, port, "web", "GET", "/", &[("x-status", "503")], b""))
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        client.stat("meshreg_proxy_upstream_rq_retry_total", &cluster) - retries_before,
+        2
+    );
+    let rq_http = client.stat("meshreg_proxy_upstream_rq_total", &cluster);
+    assert_eq!(rq_http - rq_before, 5, "GET, h2c POST, and 503 three times");
+    assert!(web_side.stat("meshreg_proxy_upstream_rq_total", &inbound) >= 5);
+    let http_served = web.served.load(Ordering::Relaxed);
+
+    // Raw bytes on the same port: the TCP chain, straight to the
+    // application port, byte for byte.
+    let inbound_cx = web_side.stat("meshreg_proxy_downstream_cx_total", "sidecar|inbound|web|");
+    let out = rt.block_on(async {
+        let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        send_all_then_half_close(conn, b"hello raw\n".to_vec()).await
+    });
+    assert_eq!(String::from_utf8_lossy(&out), "hello raw\nbye 10\n");
+    assert_eq!(web.accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(web.served.load(Ordering::Relaxed), http_served);
+    assert_eq!(
+        client.stat("meshreg_proxy_upstream_rq_total", &cluster),
+        rq_http
+    );
+    assert_eq!(
+        web_side.stat("meshreg_proxy_downstream_cx_total", "sidecar|inbound|web|"),
+        inbound_cx
+    );
+    assert_eq!(client.stat("meshreg_proxy_xds_nacks_total", ""), 0);
+}
+
+#[test]
+fn deregistering_an_endpoint_moves_new_tcp_connections_and_keeps_open_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let app_port = free_port();
+    let e1 = rt.block_on(TcpEcho::start_on("e1", [127, 0, 0, 2], app_port));
+    let e2 = rt.block_on(TcpEcho::start_on("e2", [127, 0, 0, 3], app_port));
+    let id1 = register_at(&s, "db", &e1.ip, app_port, "");
+    register_at(&s, "db", &e2.ip, app_port, "");
+    let port = free_port();
+    let client = Sidecar::start(
+        dir.path(),
+        &xds,
+        "client",
+        &[
+            "--tcp-outbound",
+            &tcp_outbound(port, &format!("db:{app_port}")),
+        ],
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(20), || {
+        let (_, t) = client.admin_get("/clusters");
+        t.matches("::health_flags::healthy").count() == 2
+    }));
+
+    // One open connection on each endpoint.
+    let mut open = rt.block_on(async {
+        let mut by_id = std::collections::BTreeMap::new();
+        for _ in 0..20 {
+            let (conn, line) = greeted(port).await;
+            by_id.entry(line).or_insert(conn);
+            if by_id.len() == 2 {
+                break;
+            }
+        }
+        by_id
+    });
+    let keys: Vec<&String> = open.keys().collect();
+    assert_eq!(keys, ["e1\n", "e2\n"], "round robin over both");
+    let accepted1 = e1.accepted.load(Ordering::Relaxed);
+
+    let r = s.delete(&format!("/v1/namespaces/default/instances/db/{id1}"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        eventually(Duration::from_secs(20), || !client
+            .admin_get("/clusters")
+            .1
+            .contains(&format!("{}:{app_port}", e1.ip))),
+        "the endpoint leaves the sidecar's cluster"
+    );
+    // New connections: the remaining endpoint only.
+    for i in 0..6 {
+        let (_, line) = rt.block_on(greeted(port));
+        assert_eq!(line, "e2\n", "connection {i}");
+    }
+    assert_eq!(e1.accepted.load(Ordering::Relaxed), accepted1);
+    // Established ones: still carry bytes both ways, and close cleanly.
+    rt.block_on(async {
+        for (id, conn) in open.iter_mut() {
+            assert_eq!(ping(conn, "still there?\n").await, "still there?\n", "{id}");
+        }
+        for (id, conn) in std::mem::take(&mut open) {
+            let out = send_all_then_half_close(conn, b"last\n".to_vec()).await;
+            assert_eq!(String::from_utf8_lossy(&out), "last\nbye 18\n", "{id}");
+        }
+    });
+    assert_eq!(
+        client.stat("meshreg_proxy_tcp_upstream_connect_fail_total", ""),
+        0
+    );
+}
+
+/// A drain does not cut TCP proxy connections: they carry bytes until they
+/// end or the drain timeout passes, and the proxy exits after that.
+#[test]
+fn a_drain_lets_open_tcp_connections_finish_until_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    let rt = rt();
+    let db = rt.block_on(TcpEcho::start_on("db1", [127, 0, 0, 1], 0));
+    register(&s, "db", db.port, "");
+    let port = free_port();
+    let mut client = Sidecar::start(
+        dir.path(),
+        &xds,
+        "client",
+        &[
+            "--tcp-outbound",
+            &tcp_outbound(port, &format!("db:{}", db.port)),
+            "--drain-timeout-ms",
+            "2000",
+        ],
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(20), || rt
+        .block_on(greeted(port))
+        .1
+        == "db1\n"));
+    let (mut finishing, mut lingering) = rt.block_on(async {
+        let a = greeted(port).await;
+        let b = greeted(port).await;
+        assert_eq!((a.1.as_str(), b.1.as_str()), ("db1\n", "db1\n"));
+        (a.0, b.0)
+    });
+
+    let start = Instant::now();
+    assert_eq!(client.admin_post("/drain"), 200);
+    // Open connections keep working during the drain; one that ends on
+    // its own ends as usual.
+    let out = rt.block_on(async {
+        assert_eq!(ping(&mut finishing, "draining\n").await, "draining\n");
+        assert_eq!(ping(&mut lingering, "draining\n").await, "draining\n");
+        send_all_then_half_close(finishing, Vec::new()).await
+    });
+    assert_eq!(String::from_utf8_lossy(&out), "bye 9\n");
+    // One still open at the drain timeout (2 s) is closed then, and the
+    // proxy exits.
+    let mut rest = Vec::new();
+    let read = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), lingering.read_to_end(&mut rest)).await
+    });
+    let closed_after = start.elapsed();
+    assert!(read.is_ok(), "the drain closed the connection");
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "closed after {closed_after:?}, before the drain timeout"
+    );
+    assert_eq!(
+        client.wait_exit(Duration::from_secs(10)),
+        Some(true),
+        "{}",
+        client.log_text()
+    );
 }

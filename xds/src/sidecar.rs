@@ -1,6 +1,7 @@
 //! The bundled sidecar's configuration (`meshreg-proxy`; docs/xds.md,
-//! "Sidecar configuration"): its outbound and inbound listeners, their
-//! routes, and the STATIC clusters that reach the local application.
+//! "Sidecar configuration"): its outbound and inbound listeners, its
+//! outbound TCP listeners, their routes, and the STATIC clusters that
+//! reach the local application.
 //!
 //! A sidecar names everything it subscribes to explicitly, on one delta ADS
 //! stream, and each name carries what its resource is built from (plus the
@@ -9,7 +10,7 @@
 //!
 //! | resource | name |
 //! |---|---|
-//! | Listener | `sidecar\|outbound\|<port>`, `sidecar\|inbound\|<app>\|<port>` |
+//! | Listener | `sidecar\|outbound\|<port>`, `sidecar\|inbound\|<app>\|<port>`, `sidecar\|outbound-tcp\|<port>\|<target>` |
 //! | RouteConfiguration | `sidecar\|outbound\|<ns>`, `sidecar\|inbound\|<app>` |
 //! | Cluster (inbound) | `inbound\|<port>\|\|<app>.<ns>` |
 //!
@@ -19,6 +20,13 @@
 //! ([`endpoint_sidecar_port`]): a sidecar dials it instead of the
 //! application port and names the application port in [`PORT_HEADER`];
 //! the receiving sidecar's inbound route picks the local cluster from it.
+//!
+//! An outbound TCP listener (`sidecar|outbound-tcp|<port>|<target>`) is
+//! Istio's Sidecar egress listener without iptables: the application
+//! dials `127.0.0.1:<port>` for one target. Its HTTP chain routes like the
+//! outbound route (retries, timeouts); its TCP chain proxies bytes to the
+//! same cluster, and a sidecar dials the application port for it, since
+//! raw TCP cannot carry [`PORT_HEADER`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -29,8 +37,9 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
-use envoy_types::pb::google::protobuf::{value, Any, UInt32Value};
+use envoy_types::pb::google::protobuf::{value, Any, Duration, UInt32Value};
 use meshreg_registry::model::{validate, Instance};
 use meshreg_registry::selector::Selector;
 use meshreg_registry::state::Registry;
@@ -67,6 +76,19 @@ const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 const HTTP_INSPECTOR_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+const TCP_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+/// `application_protocols` the http_inspector reports for HTTP.
+const HTTP_PROTOCOLS: [&str; 3] = ["http/1.0", "http/1.1", "h2c"];
+/// How long an outbound TCP listener waits for the client's first bytes
+/// before it takes the connection for TCP (a server-first protocol such
+/// as MySQL sends nothing until the server greets), in milliseconds. The
+/// same as meshreg-proxy's fixed protocol detection time.
+const DETECT_TIMEOUT_MS: i32 = 100;
+/// Longest target accepted in an outbound TCP listener name, in bytes:
+/// an application name (253), `.`, a namespace name (63) and `:<port>`.
+pub const MAX_TCP_TARGET_LEN: usize = 323;
 /// What a sidecar's outbound requests may take, end to end.
 const OUTBOUND_TIMEOUT_SECS: i64 = 15;
 /// What one try of an outbound request may take.
@@ -84,6 +106,24 @@ pub fn outbound_listener_name(port: u16) -> String {
 /// `0.0.0.0:<port>`: `sidecar|inbound|<app>|<port>`.
 pub fn inbound_listener_name(app: &str, port: u16) -> String {
     format!("{SIDECAR_PREFIX}inbound|{app}|{port}")
+}
+
+/// Name of the outbound TCP Listener bound on `127.0.0.1:<port>` that
+/// forwards to `target`: `sidecar|outbound-tcp|<port>|<target>`. `target`
+/// is `<app>.<ns>:<port>`, `<app>:<port>` or a service (interface) name,
+/// as in [`valid_tcp_target`].
+pub fn outbound_tcp_listener_name(port: u16, target: &str) -> String {
+    format!("{SIDECAR_PREFIX}outbound-tcp|{port}|{target}")
+}
+
+/// Whether `target` can be the target of an outbound TCP listener: 1 to
+/// [`MAX_TCP_TARGET_LEN`] bytes of visible ASCII other than `|` (the name
+/// separator). Which application or service it names is resolved against
+/// the registry as a gRPC target is ([`resources::listener_target`]).
+pub fn valid_tcp_target(target: &str) -> bool {
+    !target.is_empty()
+        && target.len() <= MAX_TCP_TARGET_LEN
+        && target.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
 }
 
 /// Name of the outbound RouteConfiguration of namespace `ns` (one virtual
@@ -162,6 +202,14 @@ pub fn build(
                 match parse_port(port) {
                     Some(port) => (Some(outbound_listener(name, port, ns)), Dependency::Nothing),
                     None => never,
+                }
+            } else if let Some(rest) = rest.strip_prefix("outbound-tcp|") {
+                match rest.split_once('|') {
+                    Some((port, target)) if valid_tcp_target(target) => match parse_port(port) {
+                        Some(port) => outbound_tcp_listener(reg, ns, name, port, target),
+                        None => never,
+                    },
+                    _ => never,
                 }
             } else if let Some(rest) = rest.strip_prefix("inbound|") {
                 match rest.rsplit_once('|') {
@@ -252,54 +300,179 @@ fn socket_address(ip: &str, port: u16) -> core::Address {
     }
 }
 
+/// The `envoy.filters.listener.http_inspector` listener filter: it sets
+/// the connection's `application_protocols` when the first bytes are
+/// HTTP/1.x or the HTTP/2 preface.
+fn http_inspector() -> listener::ListenerFilter {
+    listener::ListenerFilter {
+        name: HTTP_INSPECTOR.to_string(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(
+            resources::any(HTTP_INSPECTOR_TYPE, &HttpInspector {}),
+        )),
+        ..Default::default()
+    }
+}
+
+/// An `HttpConnectionManager` (`codec_type: AUTO`, the router filter)
+/// routing by `routes`.
+fn connection_manager(
+    stat_prefix: String,
+    routes: hcm::http_connection_manager::RouteSpecifier,
+) -> hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
+        stat_prefix,
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(routes),
+        http_filters: vec![resources::router_filter()],
+        ..Default::default()
+    }
+}
+
+/// The filter chain `http`: connections the http_inspector found to be
+/// HTTP/1.0, HTTP/1.1 or cleartext HTTP/2, handed to `manager`.
+fn http_chain(manager: &hcm::HttpConnectionManager) -> listener::FilterChain {
+    listener::FilterChain {
+        name: "http".to_string(),
+        filter_chain_match: Some(listener::FilterChainMatch {
+            application_protocols: HTTP_PROTOCOLS.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }),
+        filters: vec![listener::Filter {
+            name: HCM.to_string(),
+            config_type: Some(listener::filter::ConfigType::TypedConfig(resources::any(
+                resources::HCM_TYPE,
+                manager,
+            ))),
+        }],
+        ..Default::default()
+    }
+}
+
 /// A listener on `ip:port` that sniffs HTTP (http_inspector) and hands
 /// HTTP/1.1 and cleartext HTTP/2 to an `HttpConnectionManager` with RDS
 /// `route` over ADS.
 fn http_listener(name: &str, ip: &str, port: u16, stat_prefix: String, route: String) -> Any {
-    let manager = hcm::HttpConnectionManager {
+    let manager = connection_manager(
         stat_prefix,
-        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
-            hcm::Rds {
-                config_source: Some(resources::ads_source()),
-                route_config_name: route,
-            },
-        )),
-        http_filters: vec![resources::router_filter()],
+        hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(resources::ads_source()),
+            route_config_name: route,
+        }),
+    );
+    let l = listener::Listener {
+        name: name.to_string(),
+        address: Some(socket_address(ip, port)),
+        listener_filters: vec![http_inspector()],
+        filter_chains: vec![http_chain(&manager)],
+        ..Default::default()
+    };
+    resources::any(ResourceType::Listener.url(), &l)
+}
+
+/// The cluster an outbound TCP listener's `target` leads to. A target the
+/// registry resolves ([`resources::listener_target`]) gives its cluster;
+/// one it does not resolve (yet) gives the cluster it will have once
+/// registered, read from its shape: `<host>:<port>` with a port number is
+/// port `<port>` of application `<host>` (without `.<ns>`), anything else
+/// a service. Either way the listener is rebuilt on any change in the
+/// namespace, so it follows a target that turns out to be the other kind.
+fn tcp_target_cluster(reg: &Registry, ns: &str, target: &str) -> String {
+    if let Some(t) = resources::listener_target(reg, ns, target) {
+        return t.cluster_name(ns);
+    }
+    let guess = target
+        .rsplit_once(':')
+        .and_then(|(host, port)| {
+            let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+            let app = host
+                .strip_suffix(ns)
+                .and_then(|a| a.strip_suffix('.'))
+                .filter(|a| !a.is_empty())
+                .unwrap_or(host);
+            (!app.is_empty()).then(|| Target::App {
+                app: app.to_string(),
+                port,
+            })
+        })
+        .unwrap_or_else(|| Target::Service {
+            service: target.to_string(),
+        });
+    guess.cluster_name(ns)
+}
+
+/// `sidecar|outbound-tcp|<port>|<target>`: `127.0.0.1:<port>`, the
+/// http_inspector (100 ms, then TCP), and two filter chains to the
+/// target's cluster ([`tcp_target_cluster`]):
+///
+/// - `http` (HTTP/1.0, HTTP/1.1, h2c): an `HttpConnectionManager`,
+///   `stat_prefix` `outbound_tcp_<port>`, with an inline route
+///   configuration named as the listener: one virtual host (the target,
+///   domains `*`) with the outbound route's route (15 s timeout, retries);
+/// - `tcp` (everything else): a `TcpProxy`, the same `stat_prefix`.
+///
+/// It exists for every well-formed name, as the other sidecar listeners
+/// do, whether or not the target resolves yet: until it does, its cluster
+/// does not exist, and the sidecar answers HTTP with 503 and closes TCP
+/// connections. Depends on the namespace.
+fn outbound_tcp_listener(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    port: u16,
+    target: &str,
+) -> (Option<Any>, Dependency) {
+    let cluster = tcp_target_cluster(reg, ns, target);
+    let stat_prefix = format!("outbound_tcp_{port}");
+    let routes = route::RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: target.to_string(),
+            domains: vec!["*".to_string()],
+            routes: vec![outbound_route_entry(cluster.clone())],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let manager = connection_manager(
+        stat_prefix.clone(),
+        hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes),
+    );
+    let tcp = tcp_proxy::TcpProxy {
+        stat_prefix,
+        cluster_specifier: Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(cluster)),
         ..Default::default()
     };
     let l = listener::Listener {
         name: name.to_string(),
-        address: Some(socket_address(ip, port)),
-        listener_filters: vec![listener::ListenerFilter {
-            name: HTTP_INSPECTOR.to_string(),
-            config_type: Some(listener::listener_filter::ConfigType::TypedConfig(
-                resources::any(HTTP_INSPECTOR_TYPE, &HttpInspector {}),
-            )),
-            ..Default::default()
-        }],
-        filter_chains: vec![listener::FilterChain {
-            name: "http".to_string(),
-            filter_chain_match: Some(listener::FilterChainMatch {
-                application_protocols: vec![
-                    "http/1.0".to_string(),
-                    "http/1.1".to_string(),
-                    "h2c".to_string(),
-                ],
+        address: Some(socket_address("127.0.0.1", port)),
+        listener_filters: vec![http_inspector()],
+        // Envoy waits 15 s for the listener filters by default and then
+        // closes the connection; a server-first protocol would never work.
+        listener_filters_timeout: Some(Duration {
+            seconds: 0,
+            nanos: DETECT_TIMEOUT_MS * 1_000_000,
+        }),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: vec![
+            http_chain(&manager),
+            listener::FilterChain {
+                name: "tcp".to_string(),
+                filters: vec![listener::Filter {
+                    name: TCP_PROXY.to_string(),
+                    config_type: Some(listener::filter::ConfigType::TypedConfig(resources::any(
+                        TCP_PROXY_TYPE,
+                        &tcp,
+                    ))),
+                }],
                 ..Default::default()
-            }),
-            filters: vec![listener::Filter {
-                name: HCM.to_string(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(resources::any(
-                    resources::HCM_TYPE,
-                    &manager,
-                ))),
-            }],
-            ..Default::default()
-        }],
+            },
+        ],
         ..Default::default()
     };
-    resources::any(ResourceType::Listener.url(), &l)
+    (
+        Some(resources::any(ResourceType::Listener.url(), &l)),
+        Dependency::Namespace,
+    )
 }
 
 /// `sidecar|outbound|<port>`: `127.0.0.1:<port>`, routes

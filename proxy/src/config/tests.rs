@@ -264,6 +264,76 @@ fn listeners_need_an_address_and_a_filter() {
         .contains("no http_connection_manager"));
 }
 
+/// A listener as meshreg generates for an outbound TCP port: an HTTP chain
+/// (inline routes) for what sniffs as HTTP, a TcpProxy chain for the rest.
+#[test]
+fn listeners_with_http_and_tcp_chains_detect_the_protocol() {
+    let routes = route::RouteConfiguration {
+        name: "sidecar|outbound-tcp|13306|db:3306".into(),
+        virtual_hosts: vec![vhost(
+            "db:3306",
+            &["*"],
+            vec![forward_route("", "outbound|3306||db.default")],
+        )],
+        ..Default::default()
+    };
+    let m = hcm::HttpConnectionManager {
+        stat_prefix: "outbound_tcp_13306".into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            routes,
+        )),
+        ..Default::default()
+    };
+    let tcp = |cluster: &str| tcp_proxy::TcpProxy {
+        stat_prefix: "outbound_tcp_13306".into(),
+        cluster_specifier: Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(
+            cluster.into(),
+        )),
+        ..Default::default()
+    };
+    let chain = |name: &str, url: &str, value: Vec<u8>| listener::FilterChain {
+        name: name.into(),
+        filters: vec![listener::Filter {
+            name: name.into(),
+            config_type: Some(listener::filter::ConfigType::TypedConfig(Any {
+                type_url: url.into(),
+                value,
+            })),
+        }],
+        ..Default::default()
+    };
+    let mut l = listener::Listener {
+        name: "sidecar|outbound-tcp|13306|db:3306".into(),
+        address: Some(socket("127.0.0.1", 13306)),
+        filter_chains: vec![
+            chain("http", HCM_TYPE, m.encode_to_vec()),
+            chain(
+                "tcp",
+                TCP_PROXY_TYPE,
+                tcp("outbound|3306||db.default").encode_to_vec(),
+            ),
+        ],
+        ..Default::default()
+    };
+    let c = compile_listener(&l).unwrap();
+    assert_eq!(c.tcp_cluster.as_deref(), Some("outbound|3306||db.default"));
+    let http = c.http.unwrap();
+    assert_eq!(http.route_name, "sidecar|outbound-tcp|13306|db:3306#inline");
+    let table = http.inline_routes.unwrap().table;
+    let Action::Forward(f) = &table.vhost("127.0.0.1:13306").unwrap().routes[0].action else {
+        panic!("a forward action")
+    };
+    assert_eq!(f.clusters, [("outbound|3306||db.default".to_string(), 1)]);
+
+    // A TcpProxy without a cluster is rejected, naming where it is.
+    l.filter_chains[1] = chain("tcp", TCP_PROXY_TYPE, tcp("").encode_to_vec());
+    let err = compile_listener(&l).unwrap_err();
+    assert!(
+        err.contains("filter_chains[1].filters[0]: tcp_proxy.cluster is required"),
+        "{err}"
+    );
+}
+
 #[test]
 fn assignments_carry_health_weight_labels_and_sidecar_port() {
     let ep = |ip: &str, port: u32, health: core::HealthStatus, sidecar: Option<f64>| {
@@ -325,6 +395,7 @@ fn assignments_carry_health_weight_labels_and_sidecar_port() {
                     core::HealthStatus::Unhealthy,
                     Some(15006.0),
                 ),
+                ep("fd00::7", 3306, core::HealthStatus::Healthy, Some(15006.0)),
             ],
             ..Default::default()
         }],
@@ -345,6 +416,12 @@ fn assignments_carry_health_weight_labels_and_sidecar_port() {
         "dials the endpoint's sidecar"
     );
     assert_eq!((hosts[1].app_port, hosts[1].healthy), (Some(8080), false));
+    // Raw TCP cannot name the application port to the sidecar: it dials
+    // the application.
+    assert_eq!(hosts[0].app_authority(), "10.0.0.1:8080");
+    assert_eq!(hosts[1].app_authority(), "10.0.0.2:8080");
+    assert_eq!(hosts[2].authority, "[fd00::7]:15006");
+    assert_eq!(hosts[2].app_authority(), "[fd00::7]:3306");
     assert_eq!(
         hosts[1].locality,
         ("r".to_string(), "z".to_string(), String::new())

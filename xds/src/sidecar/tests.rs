@@ -206,6 +206,10 @@ fn names() {
         inbound_cluster_name(9090, "pay", "default"),
         "inbound|9090||pay.default"
     );
+    assert_eq!(
+        outbound_tcp_listener_name(13306, "db.default:3306"),
+        "sidecar|outbound-tcp|13306|db.default:3306"
+    );
 }
 
 #[test]
@@ -584,4 +588,244 @@ fn cache_keeps_listeners_and_rebuilds_routes_on_change() {
     assert_ne!(before[2], after[2], "a new virtual host");
     assert_ne!(before[3], after[3], "a new inbound route");
     assert!(after[5].is_some(), "the new port's inbound cluster");
+}
+
+/// An outbound TCP listener decoded: (HTTP chain's manager, inline route
+/// configuration, TCP chain's proxy), after checking what is the same for
+/// every target: address, sniffing with a timeout that falls through to
+/// TCP, the chains' matches and filter names.
+fn tcp_listener(
+    r: &Registry,
+    port: u16,
+    target: &str,
+) -> (
+    hcm::HttpConnectionManager,
+    route::RouteConfiguration,
+    tcp_proxy::TcpProxy,
+) {
+    let name = outbound_tcp_listener_name(port, target);
+    let (l, dep) = listener(r, &name);
+    assert_eq!(dep, Dependency::Namespace, "{name}");
+    assert_eq!(l.name, name);
+    assert_eq!(
+        socket(&l.address),
+        ("127.0.0.1".to_string(), u32::from(port))
+    );
+    assert!(l.api_listener.is_none());
+    assert_eq!(l.listener_filters.len(), 1);
+    assert_eq!(
+        l.listener_filters[0].name,
+        "envoy.filters.listener.http_inspector"
+    );
+    assert_eq!(
+        l.listener_filters_timeout,
+        Some(Duration {
+            seconds: 0,
+            nanos: 100_000_000
+        })
+    );
+    assert!(l.continue_on_listener_filters_timeout);
+    assert!(l.default_filter_chain.is_none());
+    assert_eq!(l.filter_chains.len(), 2);
+    let (http, tcp) = (&l.filter_chains[0], &l.filter_chains[1]);
+    assert_eq!(http.name, "http");
+    assert_eq!(
+        http.filter_chain_match
+            .as_ref()
+            .unwrap()
+            .application_protocols,
+        ["http/1.0", "http/1.1", "h2c"]
+    );
+    assert_eq!(
+        http.filters[0].name,
+        "envoy.filters.network.http_connection_manager"
+    );
+    let Some(listener::filter::ConfigType::TypedConfig(a)) = &http.filters[0].config_type else {
+        panic!("no typed_config")
+    };
+    assert_eq!(a.type_url, resources::HCM_TYPE);
+    let m = hcm::HttpConnectionManager::decode(a.value.as_slice()).unwrap();
+    assert_eq!(
+        m.codec_type,
+        hcm::http_connection_manager::CodecType::Auto as i32
+    );
+    assert_eq!(m.stat_prefix, format!("outbound_tcp_{port}"));
+    assert_eq!(m.http_filters.len(), 1);
+    assert_eq!(m.http_filters[0].name, "envoy.filters.http.router");
+    let rc = match &m.route_specifier {
+        Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) => rc.clone(),
+        other => panic!("an inline route configuration, not {other:?}"),
+    };
+    assert_eq!(rc.name, name);
+    // Everything else: no match criteria, so it takes what the HTTP chain
+    // does not.
+    assert_eq!(tcp.name, "tcp");
+    assert!(tcp
+        .filter_chain_match
+        .as_ref()
+        .is_none_or(|m| *m == listener::FilterChainMatch::default()));
+    assert_eq!(tcp.filters.len(), 1);
+    assert_eq!(tcp.filters[0].name, "envoy.filters.network.tcp_proxy");
+    let Some(listener::filter::ConfigType::TypedConfig(a)) = &tcp.filters[0].config_type else {
+        panic!("no typed_config")
+    };
+    assert_eq!(a.type_url, TCP_PROXY_TYPE);
+    let t = tcp_proxy::TcpProxy::decode(a.value.as_slice()).unwrap();
+    assert_eq!(t.stat_prefix, format!("outbound_tcp_{port}"));
+    (m, rc, t)
+}
+
+fn tcp_cluster(t: &tcp_proxy::TcpProxy) -> &str {
+    match &t.cluster_specifier {
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(c)) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn outbound_tcp_listener_sends_http_and_tcp_to_the_targets_cluster() {
+    let r = reg();
+    for (target, cluster) in [
+        ("pay.default:9090", "outbound|9090||pay.default"),
+        ("pay:8080", "outbound|8080||pay.default"),
+        ("ledger.default:6060", "outbound|6060||ledger.default"),
+        // A service (interface) name: the ServiceMapping's cluster, each
+        // endpoint on the port its service definition names.
+        ("pay.Api", "service|pay.Api.default"),
+        // `Bill` is no application: the service, whatever the port says.
+        ("Bill:6060", "service|Bill.default"),
+    ] {
+        let (_, rc, t) = tcp_listener(&r, 13306, target);
+        assert_eq!(tcp_cluster(&t), cluster, "{target}");
+        // HTTP on the port routes to the same cluster with the outbound
+        // route's timeout and retries, whatever the Host header.
+        assert_eq!(rc.virtual_hosts.len(), 1);
+        let vh = &rc.virtual_hosts[0];
+        assert_eq!(
+            (vh.name.as_str(), vh.domains.as_slice()),
+            (target, &["*".to_string()][..])
+        );
+        assert_eq!(vh.routes, [outbound_route_entry(cluster.to_string())]);
+        let a = action(&vh.routes[0]);
+        assert_eq!(a.timeout, Some(seconds(15)));
+        assert_eq!(
+            a.retry_policy.as_ref().unwrap().retry_on,
+            "connect-failure,refused-stream,reset,5xx"
+        );
+        // The cluster it names is the ordinary EDS cluster, which exists.
+        assert!(
+            get(&r, ResourceType::Cluster, cluster).0.is_some(),
+            "{cluster}"
+        );
+    }
+}
+
+#[test]
+fn outbound_tcp_listener_for_an_unknown_target_names_the_cluster_it_will_have() {
+    let mut r = reg();
+    for (target, cluster) in [
+        ("db.default:3306", "outbound|3306||db.default"),
+        ("db:3306", "outbound|3306||db.default"),
+        // Another namespace's application is not reachable from this one:
+        // read as an application named `db.team-b` here, as gRPC targets are.
+        ("db.team-b:3306", "outbound|3306||db.team-b.default"),
+        ("store.Api", "service|store.Api.default"),
+        ("store.Api:0", "service|store.Api:0.default"),
+        // Service names may contain ':'.
+        (
+            "com.acme.Store:1.0.0",
+            "service|com.acme.Store:1.0.0.default",
+        ),
+    ] {
+        let (_, rc, t) = tcp_listener(&r, 13306, target);
+        assert_eq!(tcp_cluster(&t), cluster, "{target}");
+        assert_eq!(cluster_of(&rc.virtual_hosts[0].routes[0]), cluster);
+        // It does not exist: the sidecar closes TCP connections and
+        // answers HTTP with 503 (NC) until it does.
+        assert_eq!(get(&r, ResourceType::Cluster, cluster).0, None, "{cluster}");
+    }
+    // Once `db` registers port 3306, the listener is the same and its
+    // cluster exists.
+    let name = outbound_tcp_listener_name(13306, "db.default:3306");
+    let before = get(&r, ResourceType::Listener, &name).0;
+    add(&mut r, "db", "10.0.4.1", &[("tcp", 3306)], &[], &[]);
+    assert_eq!(get(&r, ResourceType::Listener, &name).0, before);
+    assert!(get(&r, ResourceType::Cluster, "outbound|3306||db.default")
+        .0
+        .is_some());
+}
+
+#[test]
+fn malformed_outbound_tcp_listener_names_never_resolve() {
+    let r = reg();
+    let long = format!("{}:3306", "d".repeat(MAX_TCP_TARGET_LEN - 5));
+    assert!(valid_tcp_target(&long));
+    assert!(get(
+        &r,
+        ResourceType::Listener,
+        &outbound_tcp_listener_name(1, &long)
+    )
+    .0
+    .is_some());
+    let too_long = format!("d{long}");
+    for bad in [
+        "sidecar|outbound-tcp|13306".to_string(),
+        "sidecar|outbound-tcp|13306|".to_string(),
+        "sidecar|outbound-tcp||db:3306".to_string(),
+        "sidecar|outbound-tcp|0|db:3306".to_string(),
+        "sidecar|outbound-tcp|65536|db:3306".to_string(),
+        "sidecar|outbound-tcp|013306|db:3306".to_string(),
+        "sidecar|outbound-tcp|x|db:3306".to_string(),
+        "sidecar|outbound-tcp|13306|db|3306".to_string(),
+        "sidecar|outbound-tcp|13306|db 3306".to_string(),
+        "sidecar|outbound-tcp|13306|db\u{e9}:3306".to_string(),
+        format!("sidecar|outbound-tcp|13306|{too_long}"),
+        "sidecar|outbound_tcp|13306|db:3306".to_string(),
+    ] {
+        assert_eq!(
+            get(&r, ResourceType::Listener, &bad),
+            (None, Dependency::Nothing),
+            "{bad}"
+        );
+    }
+}
+
+/// The listener follows its target through the shared cache: rebuilt on a
+/// change in the namespace, with a new version only when it changed.
+#[test]
+fn cache_rebuilds_outbound_tcp_listeners_when_their_target_changes_kind() {
+    let mut r = reg();
+    let mut c = ResourceCache::new(100);
+    let name = outbound_tcp_listener_name(17000, "late:7000");
+    let first = c.get(&r, NS, ResourceType::Listener, &name).unwrap();
+    // An unrelated change: rebuilt, same bytes.
+    let ev = add(&mut r, "bill", "10.0.1.7", &[("http", 7070)], &[], &[]);
+    let mut changes = Changes::default();
+    changes.add(&ev);
+    c.invalidate(&changes);
+    assert!(c.peek(NS, ResourceType::Listener, &name).is_none());
+    let same = c.get(&r, NS, ResourceType::Listener, &name).unwrap();
+    assert_eq!(same.version, first.version);
+    // `late` turns out to be a service (no application has that name).
+    let ev = add(
+        &mut r,
+        "ledger",
+        "10.0.3.2",
+        &[("grpc", 7000)],
+        &[],
+        &["late"],
+    );
+    let mut changes = Changes::default();
+    changes.add(&ev);
+    c.invalidate(&changes);
+    let now = c.get(&r, NS, ResourceType::Listener, &name).unwrap();
+    assert_ne!(now.version, first.version);
+    let l = Listener::decode(now.any.value.as_slice()).unwrap();
+    let Some(listener::filter::ConfigType::TypedConfig(a)) =
+        &l.filter_chains[1].filters[0].config_type
+    else {
+        panic!("no typed_config")
+    };
+    let t = tcp_proxy::TcpProxy::decode(a.value.as_slice()).unwrap();
+    assert_eq!(tcp_cluster(&t), "service|late.default");
 }
