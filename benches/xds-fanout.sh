@@ -6,6 +6,8 @@
 #   benches/xds-fanout.sh                         # delta:10000 and sotw:1000
 #   RUNS="delta:2000" CHANGES=3 benches/xds-fanout.sh
 #   CARGO_TARGET_DIR=/work/target-fanout benches/xds-fanout.sh
+#   SERVER_CPUS=1 LOADER_CPUS=0 benches/xds-fanout.sh   # pin with taskset
+#   PERF=1 benches/xds-fanout.sh     # perf record ($PERF_ARGS) the server to $PERF_OUT
 #
 # Each run gets a fresh meshreg (single node, temporary data directory,
 # 127.0.0.1 only) and prints the JSON lines of `xds_fanout` (see
@@ -18,6 +20,11 @@ PER_CONNECTION=${PER_CONNECTION:-100}
 CHANGES=${CHANGES:-5}
 PORT_BASE=${PORT_BASE:-17270}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+SERVER_CPUS=${SERVER_CPUS:-}
+LOADER_CPUS=${LOADER_CPUS:-}
+PERF=${PERF:-}
+PERF_OUT=${PERF_OUT:-/tmp/xds-fanout.perf.data}
+pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
 
 # Streams are multiplexed (PER_CONNECTION per TCP connection), so few file
 # descriptors are needed; raise the limit anyway, as far as the hard limit allows.
@@ -51,15 +58,21 @@ wait_http() {
 for run in $RUNS; do
   variant=${run%%:*}
   streams=${run##*:}
-  "$MESHREG" server --data-dir "$tmp/meshreg-$variant-$streams" \
+  $(pin "$SERVER_CPUS") "$MESHREG" server --data-dir "$tmp/meshreg-$variant-$streams" \
     --http-addr "127.0.0.1:$PORT_BASE" --grpc-addr "127.0.0.1:$((PORT_BASE + 1))" \
     --raft-addr "127.0.0.1:$((PORT_BASE + 2))" --log warn >/dev/null 2>"$tmp/meshreg.log" &
   pid=$!
   pids+=("$pid")
   wait_http "http://127.0.0.1:$PORT_BASE/readyz"
   echo "# $(date -u +%FT%TZ) run $variant:$streams, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  "$FANOUT" --addr "http://127.0.0.1:$((PORT_BASE + 1))" --variant "$variant" --streams "$streams" \
+  perf_pid=
+  if [ -n "$PERF" ]; then
+    perf record ${PERF_ARGS:--F 999} -o "$PERF_OUT" -p "$pid" 2>/dev/null &
+    perf_pid=$!
+  fi
+  $(pin "$LOADER_CPUS") "$FANOUT" --addr "http://127.0.0.1:$((PORT_BASE + 1))" --variant "$variant" --streams "$streams" \
     --per-connection "$PER_CONNECTION" --changes "$CHANGES" --server-pid "$pid" || echo "# xds_fanout failed: $?" >&2
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
   echo "# after run, load: $(cut -d' ' -f1-3 /proc/loadavg); server streams gauge:" \
     "$(curl -sf "http://127.0.0.1:$PORT_BASE/metrics" | grep 'xds_streams' | tr '\n' ' ')" >&2
   kill "$pid" 2>/dev/null || true
