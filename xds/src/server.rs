@@ -92,15 +92,46 @@ pub struct ClientInfo {
     opened: Option<Instant>,
 }
 
+/// A stream's protocol state, read by [`AdsServer::clients`] only when
+/// asked: nothing is copied per push or ACK.
+trait StatusSource: Send + Sync {
+    fn status(&self) -> BTreeMap<&'static str, TypeStatus>;
+}
+
+impl StatusSource for Mutex<SotwStream> {
+    fn status(&self) -> BTreeMap<&'static str, TypeStatus> {
+        self.lock().unwrap_or_else(|p| p.into_inner()).status()
+    }
+}
+
+impl StatusSource for Mutex<DeltaStream> {
+    fn status(&self) -> BTreeMap<&'static str, TypeStatus> {
+        self.lock().unwrap_or_else(|p| p.into_inner()).status()
+    }
+}
+
+/// One stream's entry in the client list: who it is (set once, from its
+/// first request) and its live protocol state.
+struct Slot {
+    info: Mutex<ClientInfo>,
+    state: Arc<dyn StatusSource>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("info", &self.info).finish()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     node: Arc<Node>,
     config: XdsConfig,
     cache: RwLock<ResourceCache>,
     generation: watch::Sender<Generation>,
-    /// Each stream's status in its own slot, so recording it after a push
-    /// does not contend with the other streams.
-    clients: Mutex<BTreeMap<u64, Arc<Mutex<ClientInfo>>>>,
+    /// Each stream's slot; its status is read from the stream's own state
+    /// when the list is asked for, so pushes and ACKs never touch this map.
+    clients: Mutex<BTreeMap<u64, Arc<Slot>>>,
     next_stream: AtomicU64,
     metrics: XdsMetrics,
 }
@@ -282,7 +313,7 @@ impl AdsServer {
 
     /// Connected clients, like `istioctl proxy-status`.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        let slots: Vec<Arc<Mutex<ClientInfo>>> = self
+        let slots: Vec<Arc<Slot>> = self
             .inner
             .clients
             .lock()
@@ -293,7 +324,8 @@ impl AdsServer {
         slots
             .iter()
             .map(|slot| {
-                let mut c = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut c = slot.info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                c.types = slot.state.status();
                 c.connected_secs = c.opened.map_or(0, |o| o.elapsed().as_secs());
                 c
             })
@@ -314,17 +346,26 @@ impl AdsServer {
 }
 
 impl Inner {
-    fn open(
+    /// Registers a new stream; `state` makes its protocol state from the
+    /// stream id's seed.
+    fn open<S>(
         &self,
         variant: &'static str,
         peer: String,
-    ) -> (u64, RateLimit, Arc<Mutex<ClientInfo>>) {
+        state: impl FnOnce(u64) -> S,
+    ) -> (u64, RateLimit, Arc<Slot>, Arc<Mutex<S>>)
+    where
+        Mutex<S>: StatusSource + 'static,
+    {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let st = Arc::new(Mutex::new(state(
+            id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fastrand::u64(..),
+        )));
         self.metrics
             .streams
             .get_or_create(&VariantLabel { variant })
             .inc();
-        let slot = Arc::new(Mutex::new(ClientInfo {
+        let info = Mutex::new(ClientInfo {
             stream: id,
             node_id: String::new(),
             node_cluster: String::new(),
@@ -334,7 +375,11 @@ impl Inner {
             connected_secs: 0,
             types: BTreeMap::new(),
             opened: Some(Instant::now()),
-        }));
+        });
+        let slot = Arc::new(Slot {
+            info,
+            state: st.clone(),
+        });
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -345,7 +390,7 @@ impl Inner {
             per_sec: self.config.requests_per_second as f64,
             at: Instant::now(),
         };
-        (id, limit, slot)
+        (id, limit, slot, st)
     }
 
     fn close(&self, id: u64, variant: &'static str) {
@@ -359,15 +404,11 @@ impl Inner {
             .remove(&id);
     }
 
-    fn identify(slot: &Mutex<ClientInfo>, node: Option<&EnvoyNode>, ns: &str) {
-        let mut c = slot.lock().unwrap_or_else(|p| p.into_inner());
+    fn identify(slot: &Slot, node: Option<&EnvoyNode>, ns: &str) {
+        let mut c = slot.info.lock().unwrap_or_else(|p| p.into_inner());
         c.node_id = node.map(|n| n.id.clone()).unwrap_or_default();
         c.node_cluster = node.map(|n| n.cluster.clone()).unwrap_or_default();
         c.namespace = ns.to_string();
-    }
-
-    fn record(slot: &Mutex<ClientInfo>, status: BTreeMap<&'static str, TypeStatus>) {
-        slot.lock().unwrap_or_else(|p| p.into_inner()).types = status;
     }
 
     /// Runs `f` with this stream's view of the current state.
@@ -455,8 +496,7 @@ macro_rules! run_stream {
         let inner: Arc<Inner> = $inner;
         let mut incoming = $incoming;
         let tx = $tx;
-        let (id, mut limit, slot) = inner.open($variant, $peer);
-        let mut st = $state(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fastrand::u64(..));
+        let (id, mut limit, slot, state) = inner.open($variant, $peer, $state);
         let mut ns: Option<String> = None;
         let mut generations = inner.generation.subscribe();
         let mut shutdown = inner.node.shutdown_signal();
@@ -474,17 +514,22 @@ macro_rules! run_stream {
                         )))).await;
                         break;
                     }
-                    if ns.is_none() && mcp_export_for(&inner.config, req.node.as_ref()) == Export::NativeOnly {
-                        st.set_native_only(true);
-                    }
+                    let first = ns.is_none();
                     let namespace = ns.get_or_insert_with(|| {
                         let n = namespace_of(req.node.as_ref());
                         Inner::identify(&slot, req.node.as_ref(), &n);
                         n
                     }).clone();
-                    let nacks_before = st.nacks;
-                    let out = inner.with_view(&namespace, |v| st.on_request(&req, v));
-                    if st.nacks > nacks_before {
+                    let (out, nacked) = {
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        if first && mcp_export_for(&inner.config, req.node.as_ref()) == Export::NativeOnly {
+                            st.set_native_only(true);
+                        }
+                        let nacks_before = st.nacks;
+                        let out = inner.with_view(&namespace, |v| st.on_request(&req, v));
+                        (out, st.nacks > nacks_before)
+                    };
+                    if nacked {
                         let ty = ResourceType::from_url(&req.type_url).map_or("?", ResourceType::short);
                         inner.metrics.nacks.get_or_create(&TypeLabel { r#type: ty }).inc();
                         tracing::warn!(stream = id, r#type = ty, error = ?req.error_detail.as_ref().map(|e| &e.message), "xDS NACK");
@@ -502,19 +547,20 @@ macro_rules! run_stream {
                             break;
                         }
                     }
-                    Inner::record(&slot, st.status());
                 }
                 changed = generations.changed() => {
                     if changed.is_err() { break; }
                     let Some(namespace) = ns.clone() else { continue };
                     let g = *generations.borrow_and_update();
                     tracing::trace!(stream = id, revision = g.revision, "pushing a generation");
-                    let responses = inner.with_view(&namespace, |v| st.on_change(v));
+                    let responses = {
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        inner.with_view(&namespace, |v| st.on_change(v))
+                    };
                     for r in responses {
                         inner.count_push(&r.type_url, Some(&g));
                         if tx.send(Ok(r)).await.is_err() { break 'stream; }
                     }
-                    Inner::record(&slot, st.status());
                 }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
             }
