@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::store::{MemberNode, NodeId, TypeConfig};
+use crate::store::{lock_tail, MemberNode, NodeId, Tail, TypeConfig};
 
 /// Largest peer message, bytes (a snapshot chunk plus overhead).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -157,6 +157,7 @@ pub struct GrpcNetwork {
     me: NodeId,
     faults: Arc<Faults>,
     max_append_bytes: usize,
+    tail: Option<Tail>,
 }
 
 impl GrpcNetwork {
@@ -166,8 +167,59 @@ impl GrpcNetwork {
             me,
             faults,
             max_append_bytes,
+            tail: None,
         }
     }
+
+    /// Sends entries the log store still holds encoded (its in-memory
+    /// tail) as those bytes instead of encoding them again per follower.
+    pub fn with_log_store(mut self, logs: &crate::store::LogStore) -> Self {
+        self.tail = Some(logs.tail());
+        self
+    }
+}
+
+/// `rpc` encoded as postcard encodes an `AppendEntriesRequest` (fields in
+/// declaration order: vote, prev_log_id, entries as a varint length and
+/// the entries, leader_commit), with each entry's bytes taken from the log
+/// store's tail; cut like [`cut_entries`]. `None` when the tail does not
+/// hold every entry (the caller encodes the request itself).
+fn encode_from_tail(
+    rpc: &mut AppendEntriesRequest<TypeConfig>,
+    tail: &Tail,
+    budget: usize,
+) -> Option<(Vec<u8>, Option<openraft::LogId<NodeId>>)> {
+    let encoded: Vec<Arc<[u8]>> = {
+        let tail = lock_tail(tail);
+        rpc.entries
+            .iter()
+            .map(|e| {
+                tail.get(&e.log_id.index)
+                    .filter(|t| t.log_id == e.log_id)
+                    .map(|t| t.bytes.clone())
+            })
+            .collect::<Option<_>>()?
+    };
+    let mut keep = 0usize;
+    let mut total = 0usize;
+    for b in &encoded {
+        if keep > 0 && total.saturating_add(b.len()) > budget {
+            break;
+        }
+        total = total.saturating_add(b.len());
+        keep += 1;
+    }
+    let cut_at = (keep < rpc.entries.len()).then(|| {
+        rpc.entries.truncate(keep);
+        rpc.entries.last().map(|e| e.log_id)
+    });
+    let mut data = postcard::to_stdvec(&(&rpc.vote, &rpc.prev_log_id, keep)).ok()?;
+    data.reserve(total + 32);
+    for b in &encoded[..keep] {
+        data.extend_from_slice(b);
+    }
+    let data = postcard::to_extend(&rpc.leader_commit, data).ok()?;
+    Some((data, cut_at.flatten()))
 }
 
 /// Keeps the longest prefix of `rpc.entries` that encodes within `budget`
@@ -205,6 +257,7 @@ pub struct PeerConnection {
     client: Result<RaftPeerClient<Channel>, String>,
     faults: Arc<Faults>,
     max_append_bytes: usize,
+    tail: Option<Tail>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -217,6 +270,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             client: peer_client(&node.raft_addr),
             faults: self.faults.clone(),
             max_append_bytes: self.max_append_bytes,
+            tail: self.tail.clone(),
         }
     }
 }
@@ -241,6 +295,24 @@ impl PeerConnection {
         F: FnOnce(RaftPeerClient<Channel>, tonic::Request<pb::PeerRequest>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<pb::PeerReply>, tonic::Status>>,
     {
+        let body = encode_request(self.me, req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e))))?;
+        self.send(body, option, f).await
+    }
+
+    /// [`PeerConnection::call`] with the request already encoded.
+    async fn send<Resp, E, F, Fut>(
+        &mut self,
+        body: pb::PeerRequest,
+        option: &RPCOption,
+        f: F,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, tonic::Request<pb::PeerRequest>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<pb::PeerReply>, tonic::Status>>,
+    {
         if self.faults.is_blocked(self.target) {
             return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
                 "link to node {} cut by fault injection",
@@ -251,8 +323,6 @@ impl PeerConnection {
             Ok(c) => c.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
         };
-        let body = encode_request(self.me, req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e))))?;
         let mut request = tonic::Request::new(body);
         request.set_timeout(option.hard_ttl());
         let reply = match f(client, request).await {
@@ -281,12 +351,33 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        let cut_at = cut_entries(&mut rpc, self.max_append_bytes);
-        let resp: AppendEntriesResponse<NodeId> = self
-            .call(&rpc, &option, |mut c, r| async move {
-                c.append_entries(r).await
-            })
-            .await?;
+        let pre = self
+            .tail
+            .as_ref()
+            .and_then(|t| encode_from_tail(&mut rpc, t, self.max_append_bytes));
+        let (resp, cut_at): (AppendEntriesResponse<NodeId>, _) = match pre {
+            Some((data, cut_at)) => {
+                let body = pb::PeerRequest {
+                    from: self.me,
+                    data,
+                };
+                let resp = self
+                    .send(body, &option, |mut c, r| async move {
+                        c.append_entries(r).await
+                    })
+                    .await?;
+                (resp, cut_at)
+            }
+            None => {
+                let cut_at = cut_entries(&mut rpc, self.max_append_bytes);
+                let resp = self
+                    .call(&rpc, &option, |mut c, r| async move {
+                        c.append_entries(r).await
+                    })
+                    .await?;
+                (resp, cut_at)
+            }
+        };
         Ok(match (resp, cut_at) {
             (AppendEntriesResponse::Success, Some(last)) => {
                 AppendEntriesResponse::PartialSuccess(Some(last))
@@ -338,10 +429,10 @@ mod tests {
         use openraft::{Entry, EntryPayload, LeaderId, LogId, Vote};
         let big = |i: u64| Entry::<TypeConfig> {
             log_id: LogId::new(LeaderId::new(1, 1), i),
-            payload: EntryPayload::Normal(Command::CreateNamespace {
+            payload: EntryPayload::Normal(Arc::new(Command::CreateNamespace {
                 name: "x".repeat(400_000),
                 labels: Default::default(),
-            }),
+            })),
         };
         let mut rpc = AppendEntriesRequest {
             vote: Vote::new(1, 1),
@@ -359,6 +450,72 @@ mod tests {
         };
         assert_eq!(cut_entries(&mut one, 10), None);
         assert_eq!(one.entries.len(), 1);
+    }
+
+    #[test]
+    fn entries_from_the_log_tail_encode_as_the_whole_request_does() {
+        use crate::command::Command;
+        use crate::store::TailEntry;
+        use openraft::{Entry, EntryPayload, LeaderId, LogId, Vote};
+        let entry = |i: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(LeaderId::new(3, 1), i),
+            payload: if i.is_multiple_of(3) {
+                EntryPayload::Blank
+            } else {
+                EntryPayload::Normal(Arc::new(Command::CreateNamespace {
+                    name: format!("ns-{i}-{}", "x".repeat(i as usize * 300)),
+                    labels: Default::default(),
+                }))
+            },
+        };
+        let tail = Tail::default();
+        for i in 1..=6 {
+            let e = entry(i);
+            lock_tail(&tail).insert(
+                i,
+                TailEntry {
+                    log_id: e.log_id,
+                    bytes: postcard::to_stdvec(&e).unwrap().into(),
+                    entry: Some(e),
+                },
+            );
+        }
+        let rpc = AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(LogId::new(LeaderId::new(2, 1), 0)),
+            leader_commit: Some(LogId::new(LeaderId::new(3, 1), 2)),
+            entries: (1..=6).map(entry).collect(),
+        };
+        // Whole: the same bytes as encoding the request.
+        let mut whole = rpc.clone();
+        let (data, cut) = encode_from_tail(&mut whole, &tail, usize::MAX).expect("all in tail");
+        assert_eq!(cut, None);
+        assert_eq!(data, postcard::to_stdvec(&rpc).unwrap());
+        let back: AppendEntriesRequest<TypeConfig> = postcard::from_bytes(&data).unwrap();
+        assert_eq!(back.entries.len(), 6);
+        // Cut by size: the kept prefix, encoded as cut_entries would leave it.
+        let mut cut_rpc = rpc.clone();
+        let (data, cut) = encode_from_tail(&mut cut_rpc, &tail, 1_000).expect("all in tail");
+        let mut expected = rpc.clone();
+        assert_eq!(cut, cut_entries(&mut expected, 1_000));
+        assert!(cut.is_some());
+        assert_eq!(data, postcard::to_stdvec(&expected).unwrap());
+        // A missing entry, or one of another term at that index: not used.
+        lock_tail(&tail).remove(&4);
+        assert!(encode_from_tail(&mut rpc.clone(), &tail, usize::MAX).is_none());
+        let other = Entry::<TypeConfig> {
+            log_id: LogId::new(LeaderId::new(2, 1), 4),
+            payload: EntryPayload::Blank,
+        };
+        lock_tail(&tail).insert(
+            4,
+            TailEntry {
+                log_id: other.log_id,
+                bytes: postcard::to_stdvec(&other).unwrap().into(),
+                entry: Some(other),
+            },
+        );
+        assert!(encode_from_tail(&mut rpc.clone(), &tail, usize::MAX).is_none());
     }
 
     #[test]

@@ -233,7 +233,8 @@ impl Node {
             config.node_id,
             faults.clone(),
             crate::network::MAX_APPEND_BYTES,
-        );
+        )
+        .with_log_store(&log_store);
         let raft = Raft::new(config.node_id, raft_config, network, log_store, sm).await?;
         let mut needs_join = false;
         if !raft.is_initialized().await? {
@@ -521,7 +522,7 @@ impl Node {
                 timeout.as_millis()
             )));
         };
-        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(Arc::new(cmd))).await {
             Err(_) => Err(Error::Unavailable(format!(
                 "the write was not committed within {} ms; the cluster may have lost its quorum",
                 timeout.as_millis()

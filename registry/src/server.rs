@@ -10,10 +10,26 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::api;
 use crate::config::Config;
 use crate::node::Node;
+
+/// The connections `listener` accepts, with TCP_NODELAY set. tonic's
+/// `Server::tcp_nodelay` applies only to listeners it binds itself, not to
+/// an incoming stream; without it the last small segment of a response
+/// (gRPC trailers after the data) waits for the client's delayed ACK, and
+/// a 100-instance `Register` took 44 ms at one client instead of ~2 ms.
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    })
+}
 
 /// How long in-flight requests get to finish at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,12 +120,8 @@ pub async fn run_with(
     // Peer traffic keeps flowing until Raft itself has stopped.
     let (raft_stop_tx, raft_stop_rx) = watch::channel(false);
     let peer = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(crate::peer::PeerService::server(node.clone()))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.raft),
-            stopped(raft_stop_rx),
-        );
+        .serve_with_incoming_shutdown(nodelay(listeners.raft), stopped(raft_stop_rx));
     let peer_task = tokio::spawn(peer);
     tokio::spawn(node.clone().join_cluster());
 
@@ -122,10 +134,7 @@ pub async fn run_with(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(node.config().max_streams_per_connection))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(nodelay(listeners.grpc), stopped(stop_rx.clone()));
     let http = axum::serve(
         listeners.http,
         api::http::router(node.clone()).merge(ext.http),

@@ -4,7 +4,22 @@
 //! postcard-encoded entry), `meta` (vote, committed log id, last purged log
 //! id) and `snapshot` (the current snapshot: meta and data). An append, a
 //! vote or a snapshot is reported durable only after `flush_async` returns,
-//! so an acknowledged write survives `kill -9`.
+//! so an acknowledged write survives `kill -9`. Appends are group-committed:
+//! `append` writes the entries and returns, and one flusher task flushes
+//! everything written so far and then reports every append that was
+//! waiting, in order (openraft's `LogFlushed` callback), so Raft keeps
+//! replicating and accepting writes while an fsync is in progress and
+//! appends that arrive during one share the next.
+//!
+//! Entries carry their command behind an `Arc` (serialized exactly as the
+//! command itself, so the bytes on disk and on the wire are unchanged), and
+//! the log store keeps the last [`TAIL_ENTRIES`] it appended (at most
+//! [`TAIL_BYTES`]) in memory,
+//! with their encoding: a leader replicates them to every follower without
+//! decoding them from sled, nor encoding them again, once per follower
+//! ([`crate::network`]); the state machine takes each command out of its
+//! entry when it applies it (moving it, not copying it), leaving the
+//! encoding for followers that are behind.
 //!
 //! The state machine ([`crate::state::Registry`]) lives in memory and is
 //! made durable by the log plus snapshots: on start it is restored from the
@@ -59,7 +74,7 @@ impl std::fmt::Display for MemberNode {
 openraft::declare_raft_types!(
     /// openraft type configuration: registry commands in, command responses out.
     pub TypeConfig:
-        D = Command,
+        D = Arc<Command>,
         R = CommandResponse,
         Node = MemberNode,
 );
@@ -117,12 +132,15 @@ pub fn open(db: sled::Db, feed_capacity: usize) -> StorageResult<(LogStore, Stat
     let snapshot = db
         .open_tree("snapshot")
         .map_err(|e| store_err(ErrorVerb::Read, &e))?;
+    let tail = Tail::default();
     let log_store = LogStore {
         db: db.clone(),
         logs,
         meta,
+        tail: tail.clone(),
+        flusher: Arc::default(),
     };
-    let sm = StateMachineStore::restore(db, snapshot, feed_capacity)?;
+    let sm = StateMachineStore::restore(db, snapshot, feed_capacity, tail)?;
     Ok((log_store, sm))
 }
 
@@ -134,6 +152,61 @@ pub struct LogStore {
     db: sled::Db,
     logs: sled::Tree,
     meta: sled::Tree,
+    /// The last entries appended (at most [`TAIL_ENTRIES`]), exactly as
+    /// they are in `logs`; shared by every clone of the store, with the
+    /// state machine and with the Raft network.
+    tail: Tail,
+    /// The group-commit flusher, started by the first append.
+    flusher: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
+}
+
+/// Flushes sled for every batch of waiting appends and reports them
+/// durable (or the flush error) in the order they were appended.
+async fn group_commit(
+    db: sled::Db,
+    mut waiting: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = waiting.try_recv() {
+            batch.push(more);
+        }
+        // Every append in `batch` was written before it was queued, so this
+        // flush covers all of them.
+        let res = db.flush_async().await;
+        for callback in batch {
+            callback.log_io_completed(match &res {
+                Ok(_) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            });
+        }
+    }
+}
+
+/// The most entries the log store keeps in memory beside sled; older ones
+/// are read back from sled when a lagging follower needs them.
+pub const TAIL_ENTRIES: usize = 1024;
+
+/// The most encoded bytes the in-memory tail holds (the newest entry is
+/// kept whatever its size).
+pub const TAIL_BYTES: usize = 32 * 1024 * 1024;
+
+/// One log entry kept in memory: its postcard encoding (what sled holds)
+/// and, until the state machine applies it, the entry itself.
+#[derive(Debug)]
+pub(crate) struct TailEntry {
+    pub(crate) log_id: LogId<NodeId>,
+    pub(crate) entry: Option<Entry<TypeConfig>>,
+    pub(crate) bytes: Arc<[u8]>,
+}
+
+/// Log index → the entry kept in memory.
+pub(crate) type Tail = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, TailEntry>>>;
+
+pub(crate) fn lock_tail(
+    tail: &Tail,
+) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, TailEntry>> {
+    tail.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 const KEY_VOTE: &str = "vote";
@@ -172,6 +245,15 @@ impl LogStore {
 
     /// Removes the log entries with index in `[from, to)`.
     fn remove_range(&self, from: u64, to: Option<u64>) -> StorageResult<()> {
+        {
+            let mut tail = lock_tail(&self.tail);
+            match to {
+                Some(t) => tail.retain(|i, _| *i < from || *i >= t),
+                None => {
+                    tail.split_off(&from);
+                }
+            }
+        }
         let start = from.to_be_bytes();
         let iter = match to {
             Some(t) => self.logs.range(start..t.to_be_bytes()),
@@ -190,6 +272,32 @@ fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<TypeConfig>> {
     postcard::from_bytes(bytes).map_err(|e| logs_read_err(&e))
 }
 
+impl LogStore {
+    /// The in-memory tail, for the Raft network.
+    pub(crate) fn tail(&self) -> Tail {
+        self.tail.clone()
+    }
+
+    /// The entries `[start, end)` from the in-memory tail when it holds
+    /// every one of them (a cheap clone each: the command is shared).
+    fn read_tail(&self, start: u64, end: Bound<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let end = match end {
+            Bound::Included(x) => x.checked_add(1)?,
+            Bound::Excluded(x) => x,
+            Bound::Unbounded => return None,
+        };
+        if end <= start {
+            return Some(Vec::new());
+        }
+        let tail = lock_tail(&self.tail);
+        let out: Vec<Entry<TypeConfig>> = tail
+            .range(start..end)
+            .map_while(|(_, t)| t.entry.clone())
+            .collect();
+        (out.len() as u64 == end - start).then_some(out)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -200,6 +308,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        if let Some(hit) = self.read_tail(start, range.end_bound().cloned()) {
+            return Ok(hit);
+        }
         let mut out = Vec::new();
         for kv in self.logs.range(start.to_be_bytes()..) {
             let (k, v) = kv.map_err(|e| logs_read_err(&e))?;
@@ -259,25 +370,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut appended = Vec::new();
         for entry in entries {
-            let bytes = postcard::to_stdvec(&entry).map_err(|e| logs_write_err(&e))?;
-            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
+            let bytes: Arc<[u8]> = postcard::to_stdvec(&entry)
+                .map_err(|e| logs_write_err(&e))?
+                .into();
+            batch.insert(&entry.log_id.index.to_be_bytes(), &*bytes);
+            appended.push(TailEntry {
+                log_id: entry.log_id,
+                entry: Some(entry),
+                bytes,
+            });
         }
         self.logs
             .apply_batch(batch)
             .map_err(|e| logs_write_err(&e))?;
-        // Durable before acknowledged.
-        let res = self.flush(ErrorSubject::Logs).await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
+        {
+            let mut tail = lock_tail(&self.tail);
+            for t in appended {
+                tail.insert(t.log_id.index, t);
             }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+            let mut bytes: usize = tail.values().map(|t| t.bytes.len()).sum();
+            while tail.len() > 1 && (tail.len() > TAIL_ENTRIES || bytes > TAIL_BYTES) {
+                if let Some((_, oldest)) = tail.pop_first() {
+                    bytes -= oldest.bytes.len();
+                }
             }
         }
+        // Durable before acknowledged: openraft counts the entries as
+        // persisted only when the flusher reports them.
+        let flusher = self.flusher.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(group_commit(self.db.clone(), rx));
+            tx
+        });
+        if let Err(e) = flusher.send(callback) {
+            // The flusher is gone (the runtime is shutting down): flush here.
+            let res = self.flush(ErrorSubject::Logs).await;
+            e.0.log_io_completed(
+                res.as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+            return res;
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
@@ -368,10 +505,17 @@ pub struct StateMachineStore {
     db: sled::Db,
     snapshots: sled::Tree,
     feed_capacity: usize,
+    /// The log store's in-memory tail; applied entries are taken out of it.
+    tail: Tail,
 }
 
 impl StateMachineStore {
-    fn restore(db: sled::Db, snapshots: sled::Tree, feed_capacity: usize) -> StorageResult<Self> {
+    fn restore(
+        db: sled::Db,
+        snapshots: sled::Tree,
+        feed_capacity: usize,
+        tail: Tail,
+    ) -> StorageResult<Self> {
         let mut state = SmState {
             registry: Registry::new(feed_capacity),
             last_applied: None,
@@ -400,6 +544,7 @@ impl StateMachineStore {
             db,
             snapshots,
             feed_capacity,
+            tail,
         })
     }
 
@@ -497,7 +642,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 s.last_applied = Some(entry.log_id);
                 let resp = match entry.payload {
                     EntryPayload::Blank => CommandResponse::Noop,
-                    EntryPayload::Normal(cmd) => s.registry.apply_owned(cmd),
+                    EntryPayload::Normal(cmd) => {
+                        // The log store's copy of the entry is no longer
+                        // needed (its encoding stays for followers): with it
+                        // gone, the command is usually ours alone to move.
+                        let kept = lock_tail(&self.tail)
+                            .get_mut(&entry.log_id.index)
+                            .and_then(|t| t.entry.take());
+                        drop(kept);
+                        s.registry
+                            .apply_owned(Arc::try_unwrap(cmd).unwrap_or_else(|c| (*c).clone()))
+                    }
                     EntryPayload::Membership(m) => {
                         s.membership = StoredMembership::new(Some(entry.log_id), m);
                         CommandResponse::Noop
