@@ -97,6 +97,20 @@ pub enum Command {
         /// Identities whose record the source no longer has.
         removed: Vec<InstanceKey>,
     },
+    /// Several commands proposed together by the leader's write batcher
+    /// (one log entry, one fsync, one replication round for writes that
+    /// arrived while the previous entries were in flight). Applied one
+    /// after another exactly as separate entries would be, each with its
+    /// own revision and response ([`CommandResponse::Batch`]); a rejected
+    /// command does not affect the others.
+    ///
+    /// Appended last, like [`Command::SyncSourceDelta`]: a node that does
+    /// not know it cannot apply it, so every node of a cluster must run a
+    /// version that does before a leader batches.
+    Batch {
+        /// The commands, in proposal order.
+        commands: Vec<Command>,
+    },
 }
 
 impl Command {
@@ -111,6 +125,7 @@ impl Command {
             Command::RevokeSessions { .. } => "revoke_sessions",
             Command::SyncSource { .. } | Command::SyncSourceRanked { .. } => "sync_source",
             Command::SyncSourceDelta { .. } => "sync_source_delta",
+            Command::Batch { .. } => "batch",
         }
     }
 }
@@ -156,4 +171,6 @@ pub enum CommandResponse {
     },
     /// A blank or membership entry.
     Noop,
+    /// The responses to a [`Command::Batch`], in its order.
+    Batch(Vec<CommandResponse>),
 }

@@ -69,6 +69,8 @@ pub struct Node {
     proposals: RwLock<()>,
     /// One leadership transfer at a time.
     transfer: tokio::sync::Mutex<()>,
+    /// Client writes on their way to Raft (see [`batcher`]).
+    proposals_tx: tokio::sync::mpsc::UnboundedSender<Proposal>,
     /// The term this node was last seen leading and since when (sampled by
     /// the lessor loop and by a transfer).
     led_since: Mutex<Option<(u64, Instant)>>,
@@ -264,6 +266,8 @@ impl Node {
             }
         }
         let (shutdown_tx, _) = watch::channel(false);
+        let (proposals_tx, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batcher(raft.clone(), proposals_rx));
         let node = Arc::new(Node {
             id: config.node_id,
             me,
@@ -280,6 +284,7 @@ impl Node {
             needs_join,
             proposals: RwLock::new(()),
             transfer: tokio::sync::Mutex::new(()),
+            proposals_tx,
             led_since: Mutex::new(None),
         });
         tokio::spawn(lessor_loop(node.clone()));
@@ -522,24 +527,17 @@ impl Node {
                 timeout.as_millis()
             )));
         };
-        match tokio::time::timeout_at(deadline, self.raft.client_write(Arc::new(cmd))).await {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if self.proposals_tx.send((cmd, done)).is_err() {
+            return Err(Error::Unavailable("raft has stopped".into()));
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
             Err(_) => Err(Error::Unavailable(format!(
                 "the write was not committed within {} ms; the cluster may have lost its quorum",
                 timeout.as_millis()
             ))),
-            Ok(Ok(resp)) => match resp.data {
-                CommandResponse::Rejected(e) => Err(e),
-                other => Ok(other),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(not_leader(f.leader_id, f.leader_node.as_ref()))
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(Error::Internal(format!("unexpected membership error: {e}")))
-            }
-            Ok(Err(RaftError::Fatal(f))) => {
-                Err(Error::Unavailable(format!("raft has stopped: {f}")))
-            }
+            Ok(Err(_)) => Err(Error::Unavailable("raft has stopped".into())),
+            Ok(Ok(res)) => res,
         }
     }
 
@@ -1347,6 +1345,117 @@ async fn lessor_loop(node: Arc<Node>) {
             }
             Err(e) => tracing::warn!(error = %e, "revoking expired sessions failed; will retry"),
         }
+    }
+}
+
+/// A client write waiting for Raft, and where its outcome goes.
+type Proposal = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<CommandResponse>>,
+);
+
+/// The most client writes proposed as one log entry.
+pub const MAX_BATCH_COMMANDS: usize = 1024;
+/// The most bytes of commands in one batched log entry (the limit of a
+/// single command, [`crate::model::validate::MAX_COMMAND_BYTES`]).
+pub const MAX_BATCH_BYTES: usize = crate::model::validate::MAX_COMMAND_BYTES;
+/// Batched entries proposed and not yet committed, at most.
+pub const MAX_INFLIGHT_BATCHES: usize = 4;
+
+/// Proposes client writes to Raft, batching the ones that queue up:
+/// whatever waits when a proposal slot frees ([`MAX_INFLIGHT_BATCHES`])
+/// goes as one [`Command::Batch`] entry (up to [`MAX_BATCH_COMMANDS`] and
+/// [`MAX_BATCH_BYTES`]), so concurrent small writes share one log entry,
+/// one fsync and one replication round instead of paying each. A lone
+/// write goes as itself. Stops when the node is dropped.
+async fn batcher(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
+    let mut carried: Option<(Proposal, usize)> = None;
+    loop {
+        let (first, first_bytes) = match carried.take() {
+            Some(c) => c,
+            None => match queue.recv().await {
+                Some(p) => {
+                    let n = command_bytes(&p.0);
+                    (p, n)
+                }
+                None => return,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first_bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS {
+            let Ok(next) = queue.try_recv() else { break };
+            let n = command_bytes(&next.0);
+            if bytes + n > MAX_BATCH_BYTES {
+                carried = Some((next, n));
+                break;
+            }
+            bytes += n;
+            batch.push(next);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            submit(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+fn command_bytes(cmd: &Command) -> usize {
+    postcard::experimental::serialized_size(cmd).unwrap_or(MAX_BATCH_BYTES)
+}
+
+/// Proposes `batch` as one entry and hands each write its own outcome.
+async fn submit(raft: &Raft, mut batch: Vec<Proposal>) {
+    if batch.len() == 1 {
+        if let Some((cmd, done)) = batch.pop() {
+            let _ = done.send(commit(raft, cmd).await);
+        }
+        return;
+    }
+    let (commands, waiting): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    match commit(raft, Command::Batch { commands }).await {
+        Ok(CommandResponse::Batch(answers)) if answers.len() == waiting.len() => {
+            for (answer, done) in answers.into_iter().zip(waiting) {
+                let _ = done.send(match answer {
+                    CommandResponse::Rejected(e) => Err(e),
+                    other => Ok(other),
+                });
+            }
+        }
+        Ok(other) => {
+            for done in waiting {
+                let _ = done.send(Err(Error::Internal(format!(
+                    "a batch of writes was answered with {other:?}"
+                ))));
+            }
+        }
+        Err(e) => {
+            for done in waiting {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One `client_write`, its errors as the API reports them.
+async fn commit(raft: &Raft, cmd: Command) -> Result<CommandResponse> {
+    match raft.client_write(Arc::new(cmd)).await {
+        Ok(resp) => match resp.data {
+            CommandResponse::Rejected(e) => Err(e),
+            other => Ok(other),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(not_leader(f.leader_id, f.leader_node.as_ref()))
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(Error::Internal(format!("unexpected membership error: {e}")))
+        }
+        Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft has stopped: {f}"))),
     }
 }
 

@@ -241,6 +241,12 @@ impl Registry {
                 upserts,
                 removed,
             } => return self.sync_source_delta(&source, priority, upserts, removed, rev),
+            // Taken apart above.
+            Command::Batch { commands } => {
+                return CommandResponse::Batch(
+                    commands.into_iter().map(|c| self.apply_owned(c)).collect(),
+                )
+            }
         };
         match result {
             Ok(0) if !change_without_instances => CommandResponse::Applied {

@@ -157,23 +157,21 @@ pub struct LogStore {
     /// state machine and with the Raft network.
     tail: Tail,
     /// The group-commit flusher, started by the first append.
-    flusher: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
+    flusher: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
 }
 
 /// Flushes sled for every batch of waiting appends and reports them
-/// durable (or the flush error) in the order they were appended.
-async fn group_commit(
-    db: sled::Db,
-    mut waiting: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
-) {
-    while let Some(first) = waiting.recv().await {
+/// durable (or the flush error) in the order they were appended. Runs on
+/// its own thread and calls sled's blocking `flush`: `flush_async` would
+/// hand every flush to sled's thread pool first, one more wake-up per
+/// append when writes arrive one at a time.
+fn group_commit(db: sled::Db, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = waiting.recv() {
         let mut batch = vec![first];
-        while let Ok(more) = waiting.try_recv() {
-            batch.push(more);
-        }
+        batch.extend(waiting.try_iter());
         // Every append in `batch` was written before it was queued, so this
         // flush covers all of them.
-        let res = db.flush_async().await;
+        let res = db.flush();
         for callback in batch {
             callback.log_io_completed(match &res {
                 Ok(_) => Ok(()),
@@ -400,11 +398,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable before acknowledged: openraft counts the entries as
         // persisted only when the flusher reports them.
         let flusher = self.flusher.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(group_commit(self.db.clone(), rx));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let db = self.db.clone();
+            let spawned = std::thread::Builder::new()
+                .name("meshreg-log-flush".into())
+                .spawn(move || group_commit(db, rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the log flusher thread; flushing inline");
+            }
             tx
         });
-        if let Err(e) = flusher.send(callback) {
+        let sent = flusher.send(callback);
+        if let Err(e) = sent {
             // The flusher is gone (the runtime is shutting down): flush here.
             let res = self.flush(ErrorSubject::Logs).await;
             e.0.log_io_completed(

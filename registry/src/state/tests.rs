@@ -511,3 +511,43 @@ fn source_syncs_are_state_of_the_world_per_source() {
 }
 
 mod merge;
+
+#[test]
+fn a_batch_applies_like_its_commands_one_by_one() {
+    let mut bad = spec("pay", "x", &[]);
+    bad.namespace = "missing".into();
+    let commands = vec![
+        Command::Register {
+            entries: vec![reg_of(spec("pay", "a", &[]))],
+        },
+        Command::GrantSession { ttl_ms: 5000 },
+        Command::Register {
+            entries: vec![reg_of(bad)],
+        },
+        Command::Register {
+            entries: vec![reg_of(spec("pay", "b", &[("v", "1")]))],
+        },
+        Command::Deregister {
+            keys: vec![InstanceKey {
+                namespace: "default".into(),
+                app: "pay".into(),
+                id: "a".into(),
+            }],
+        },
+    ];
+    let mut one_by_one = Registry::new(100);
+    let expected: Vec<CommandResponse> = commands.iter().map(|c| one_by_one.apply(c)).collect();
+    let mut batched = Registry::new(100);
+    let got = batched.apply(&Command::Batch {
+        commands: commands.clone(),
+    });
+    assert_eq!(got, CommandResponse::Batch(expected.clone()));
+    // The rejected command changed nothing and the others went through.
+    assert!(matches!(expected[2], CommandResponse::Rejected(_)));
+    assert_eq!(batched.revision(), one_by_one.revision());
+    assert_eq!(batched.instance_count(), 1);
+    assert_eq!(
+        postcard::to_stdvec(&batched.to_snapshot()).unwrap(),
+        postcard::to_stdvec(&one_by_one.to_snapshot()).unwrap()
+    );
+}
