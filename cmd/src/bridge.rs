@@ -105,10 +105,6 @@ async fn run(args: BridgeArgs) -> anyhow::Result<()> {
     .await
 }
 
-/// mimalloc, as in `meshreg` (BENCHMARKS.md, "Raft cluster").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() {
     if let Err(e) = run(BridgeArgs::parse()).await {

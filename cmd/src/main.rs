@@ -123,12 +123,6 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     .await
 }
 
-/// mimalloc instead of glibc's malloc: under a write load the leader spent
-/// about 30 % of its CPU in glibc's allocator (BENCHMARKS.md, "Raft
-/// cluster").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
