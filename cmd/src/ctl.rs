@@ -190,7 +190,7 @@ enum ClusterCmd {
         #[arg(long)]
         http_addr: String,
     },
-    /// Remove a node from the cluster (send it to the leader).
+    /// Remove a node from the cluster (any node forwards it to the leader).
     Remove {
         #[arg(long)]
         node_id: u64,

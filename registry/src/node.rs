@@ -819,9 +819,36 @@ impl Node {
     /// Removes a node from the voters and the cluster (leader only).
     ///
     /// # Errors
-    /// [`Error::NotLeader`] with a hint on a follower; [`Error::NotFound`]
-    /// for an unknown id; [`Error::FailedPrecondition`] for the last voter.
+    /// [`Error::NotFound`] for an unknown id; [`Error::FailedPrecondition`]
+    /// for the last voter; [`Error::Unavailable`] when no leader is
+    /// reachable within the write timeout.
     pub async fn remove_node(&self, id: NodeId) -> Result<Vec<u64>> {
+        if self.leader_term().is_none() {
+            let wait = Duration::from_millis(self.config.write_timeout_ms);
+            let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
+                Error::Unavailable("no Raft leader is known to change the membership".into())
+            })?;
+            if leader.0 != self.id {
+                return self
+                    .call_peer(
+                        PeerRole::Leader("remove_node"),
+                        leader,
+                        &id,
+                        wait,
+                        |mut c, r| async move { c.remove_node(r).await },
+                    )
+                    .await;
+            }
+        }
+        self.remove_node_local(id).await
+    }
+
+    /// [`Node::remove_node`] on this node only: [`Error::NotLeader`] with a
+    /// hint when it does not lead. The target of forwarded removals.
+    ///
+    /// # Errors
+    /// As [`Node::remove_node`], and [`Error::NotLeader`].
+    pub async fn remove_node_local(&self, id: NodeId) -> Result<Vec<u64>> {
         let m = self.raft_metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {

@@ -103,6 +103,13 @@ impl RaftPeer for PeerService {
         )))
     }
 
+    async fn remove_node(&self, req: Request<pb::PeerRequest>) -> Reply {
+        let id: NodeId = self.open(req)?;
+        Ok(Response::new(encode_reply(
+            self.node.remove_node_local(id).await,
+        )))
+    }
+
     async fn timeout_now(&self, req: Request<pb::PeerRequest>) -> Reply {
         let from = req.get_ref().from;
         let leader_term: u64 = self.open(req)?;

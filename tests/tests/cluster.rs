@@ -622,6 +622,28 @@ fn a_new_node_catches_up_on_large_entries_before_it_votes() {
         .unwrap()
         .len();
     assert_eq!(n, 8000);
+
+    // Removing it again through a follower: forwarded to the leader, one
+    // membership step; an unknown node is a clear error, also forwarded.
+    let follower = (1..new).find(|id| *id != leader).unwrap();
+    let addr = c.node(follower).grpc.clone();
+    let (ok, out, err) = ctl(&["--addr", &addr, "cluster", "remove", "--node-id", "99"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("node") && err.contains("99"), "{err}");
+    let (ok, out, err) = ctl(&[
+        "--addr",
+        &addr,
+        "cluster",
+        "remove",
+        "--node-id",
+        &new.to_string(),
+    ]);
+    assert!(ok, "remove through node {follower}: {out} {err}");
+    let gone = eventually(Duration::from_secs(30), || {
+        c.voters(leader)
+            .is_some_and(|v| !v.contains(&new) && v.len() == 3)
+    });
+    assert!(gone, "node {new} still a member: {:?}", c.status(leader));
 }
 
 /// Leader and term as every running node sees them, once they all agree.

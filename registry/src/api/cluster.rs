@@ -1,8 +1,7 @@
 //! `meshreg.cluster.v1.Cluster`: cluster status and membership changes
 //! (port 7071, next to the registry API). Membership changes and
-//! leadership transfers run on the leader; `AddNode` and `TransferLeader`
-//! are forwarded there by a follower, `RemoveNode` answers UNAVAILABLE with
-//! the leader's address in `x-meshreg-leader-addr`.
+//! leadership transfers run on the leader; a follower forwards `AddNode`,
+//! `RemoveNode` and `TransferLeader` there.
 
 use std::sync::Arc;
 
