@@ -200,26 +200,43 @@ fn encode_from_tail(
             })
             .collect::<Option<_>>()?
     };
-    let mut keep = 0usize;
-    let mut total = 0usize;
-    for b in &encoded {
-        if keep > 0 && total.saturating_add(b.len()) > budget {
-            break;
-        }
-        total = total.saturating_add(b.len());
-        keep += 1;
-    }
-    let cut_at = (keep < rpc.entries.len()).then(|| {
-        rpc.entries.truncate(keep);
-        rpc.entries.last().map(|e| e.log_id)
-    });
+    let (keep, total) = fitting_prefix(encoded.iter().map(|b| b.len()), budget);
+    let cut_at = truncate_entries(rpc, keep);
     let mut data = postcard::to_stdvec(&(&rpc.vote, &rpc.prev_log_id, keep)).ok()?;
     data.reserve(total + 32);
     for b in &encoded[..keep] {
         data.extend_from_slice(b);
     }
     let data = postcard::to_extend(&rpc.leader_commit, data).ok()?;
-    Some((data, cut_at.flatten()))
+    Some((data, cut_at))
+}
+
+/// How many of the leading `sizes` fit in `budget` bytes (at least one),
+/// and their total.
+fn fitting_prefix(sizes: impl IntoIterator<Item = usize>, budget: usize) -> (usize, usize) {
+    let mut total = 0usize;
+    let mut keep = 0usize;
+    for size in sizes {
+        if keep > 0 && total.saturating_add(size) > budget {
+            break;
+        }
+        total = total.saturating_add(size);
+        keep += 1;
+    }
+    (keep, total)
+}
+
+/// Keeps the first `keep` entries of `rpc`; the log id of the last one
+/// kept when entries were dropped.
+fn truncate_entries(
+    rpc: &mut AppendEntriesRequest<TypeConfig>,
+    keep: usize,
+) -> Option<openraft::LogId<NodeId>> {
+    if keep >= rpc.entries.len() {
+        return None;
+    }
+    rpc.entries.truncate(keep);
+    rpc.entries.last().map(|e| e.log_id)
 }
 
 /// Keeps the longest prefix of `rpc.entries` that encodes within `budget`
@@ -232,21 +249,12 @@ pub fn cut_entries(
     if rpc.entries.len() <= 1 {
         return None;
     }
-    let mut total = 0usize;
-    let mut keep = 0usize;
-    for e in &rpc.entries {
-        let size = postcard::experimental::serialized_size(e).unwrap_or(usize::MAX);
-        if keep > 0 && total.saturating_add(size) > budget {
-            break;
-        }
-        total = total.saturating_add(size);
-        keep += 1;
-    }
-    if keep == rpc.entries.len() {
-        return None;
-    }
-    rpc.entries.truncate(keep);
-    rpc.entries.last().map(|e| e.log_id)
+    let sizes = rpc
+        .entries
+        .iter()
+        .map(|e| postcard::experimental::serialized_size(e).unwrap_or(usize::MAX));
+    let (keep, _) = fitting_prefix(sizes, budget);
+    truncate_entries(rpc, keep)
 }
 
 /// One peer, as openraft sees it.

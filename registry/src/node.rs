@@ -93,6 +93,17 @@ fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&MemberNode>) -> Er
     }
 }
 
+/// A failed membership change as the API reports it: [`Error::NotLeader`]
+/// with a hint, or [`Error::Unavailable`].
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            not_leader(f.leader_id, f.leader_node.as_ref())
+        }
+        other => Error::Unavailable(format!("membership change failed: {other}")),
+    }
+}
+
 /// How long a leadership transfer waits for writes in flight to finish and
 /// for the target to replicate the leader's whole log.
 pub const TRANSFER_CATCH_UP: Duration = Duration::from_secs(5);
@@ -370,6 +381,25 @@ impl Node {
     /// A shared hold on proposing (see `proposals`).
     async fn proposing(&self) -> RwLockReadGuard<'_, ()> {
         self.proposals.read().await
+    }
+
+    /// Where a request that must run on the leader goes from here: `None`
+    /// when this node leads (or is the leader it waited for), the leader
+    /// when it is another node. Waits for a leader up to `write_timeout_ms`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] ("no Raft leader is known to `to_do`") when
+    /// none is known in time.
+    async fn leader_elsewhere(&self, to_do: &str) -> Result<Option<(NodeId, MemberNode)>> {
+        if self.leader_term().is_some() {
+            return Ok(None);
+        }
+        let wait = Duration::from_millis(self.config.write_timeout_ms);
+        let leader = self
+            .wait_for_leader(wait)
+            .await
+            .ok_or_else(|| Error::Unavailable(format!("no Raft leader is known to {to_do}")))?;
+        Ok((leader.0 != self.id).then_some(leader))
     }
 
     /// Waits until some leader is known, up to `timeout`.
@@ -723,33 +753,25 @@ impl Node {
     /// fails; [`Error::FailedPrecondition`] when the id is taken by a node
     /// at other addresses.
     pub async fn add_node(&self, id: NodeId, member: MemberNode) -> Result<(Vec<u64>, u64)> {
-        if self.leader_term().is_none() {
-            let wait = Duration::from_millis(self.config.write_timeout_ms);
-            let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
-                Error::Unavailable("no Raft leader is known to add the node".into())
-            })?;
-            if leader.0 != self.id {
-                let (_, node) = &leader;
-                let req = pb::JoinRequest {
-                    node_id: id,
-                    raft_addr: member.raft_addr,
-                    grpc_addr: member.grpc_addr,
-                    http_addr: member.http_addr,
-                };
-                let mut c = self.peer(leader.0, node)?;
-                let r = c
-                    .join(req)
-                    .await
-                    .map_err(|s| {
-                        Error::Unavailable(format!(
-                            "forwarding the join to node {}: {}",
-                            leader.0,
-                            s.message()
-                        ))
-                    })?
-                    .into_inner();
-                return Ok((r.voters, r.leader_id));
-            }
+        if let Some((leader, node)) = self.leader_elsewhere("add the node").await? {
+            let req = pb::JoinRequest {
+                node_id: id,
+                raft_addr: member.raft_addr,
+                grpc_addr: member.grpc_addr,
+                http_addr: member.http_addr,
+            };
+            let mut c = self.peer(leader, &node)?;
+            let r = c
+                .join(req)
+                .await
+                .map_err(|s| {
+                    Error::Unavailable(format!(
+                        "forwarding the join to node {leader}: {}",
+                        s.message()
+                    ))
+                })?
+                .into_inner();
+            return Ok((r.voters, r.leader_id));
         }
         let m = self.raft_metrics();
         let membership = m.membership_config.membership();
@@ -765,19 +787,13 @@ impl Node {
             }
             _ => {}
         }
-        let change_err = |e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                not_leader(f.leader_id, f.leader_node.as_ref())
-            }
-            other => Error::Unavailable(format!("membership change failed: {other}")),
-        };
         tracing::info!(node_id = id, %member, "adding node as a learner");
         {
             let _proposing = self.proposing().await;
             self.raft
                 .add_learner(id, member, false)
                 .await
-                .map_err(change_err)?;
+                .map_err(membership_error)?;
         }
         // openraft's own "blocking" add_learner returns once the learner is
         // within its lag threshold, which a node that has received nothing
@@ -806,7 +822,7 @@ impl Node {
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                 .await
-                .map_err(change_err)?
+                .map_err(membership_error)?
         };
         let voters = resp
             .membership
@@ -823,22 +839,17 @@ impl Node {
     /// for the last voter; [`Error::Unavailable`] when no leader is
     /// reachable within the write timeout.
     pub async fn remove_node(&self, id: NodeId) -> Result<Vec<u64>> {
-        if self.leader_term().is_none() {
+        if let Some(leader) = self.leader_elsewhere("change the membership").await? {
             let wait = Duration::from_millis(self.config.write_timeout_ms);
-            let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
-                Error::Unavailable("no Raft leader is known to change the membership".into())
-            })?;
-            if leader.0 != self.id {
-                return self
-                    .call_peer(
-                        PeerRole::Leader("remove_node"),
-                        leader,
-                        &id,
-                        wait,
-                        |mut c, r| async move { c.remove_node(r).await },
-                    )
-                    .await;
-            }
+            return self
+                .call_peer(
+                    PeerRole::Leader("remove_node"),
+                    leader,
+                    &id,
+                    wait,
+                    |mut c, r| async move { c.remove_node(r).await },
+                )
+                .await;
         }
         self.remove_node_local(id).await
     }
@@ -870,12 +881,7 @@ impl Node {
             .raft
             .change_membership(change, false)
             .await
-            .map_err(|e| match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                    not_leader(f.leader_id, f.leader_node.as_ref())
-                }
-                other => Error::Unavailable(format!("membership change failed: {other}")),
-            })?;
+            .map_err(membership_error)?;
         Ok(resp
             .membership
             .as_ref()
@@ -900,23 +906,16 @@ impl Node {
     /// when no leader is reachable, the target does not catch up in time,
     /// or it does not win the election (the message says who leads).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(NodeId, u64)> {
-        if self.leader_term().is_none() {
-            let wait = Duration::from_millis(self.config.write_timeout_ms);
-            let leader = self.wait_for_leader(wait).await.ok_or_else(|| {
-                Error::Unavailable("no Raft leader is known to transfer leadership from".into())
-            })?;
-            if leader.0 != self.id {
-                let budget = self.transfer_budget();
-                return self
-                    .call_peer(
-                        PeerRole::Leader("transfer_leader"),
-                        leader,
-                        &to,
-                        budget,
-                        |mut c, r| async move { c.transfer_leader(r).await },
-                    )
-                    .await;
-            }
+        if let Some(leader) = self.leader_elsewhere("transfer leadership from").await? {
+            return self
+                .call_peer(
+                    PeerRole::Leader("transfer_leader"),
+                    leader,
+                    &to,
+                    self.transfer_budget(),
+                    |mut c, r| async move { c.transfer_leader(r).await },
+                )
+                .await;
         }
         self.transfer_leader_local(to).await
     }
@@ -1448,10 +1447,7 @@ async fn submit(raft: &Raft, mut batch: Vec<Proposal>) {
     match commit(raft, Command::Batch { commands }).await {
         Ok(CommandResponse::Batch(answers)) if answers.len() == waiting.len() => {
             for (answer, done) in answers.into_iter().zip(waiting) {
-                let _ = done.send(match answer {
-                    CommandResponse::Rejected(e) => Err(e),
-                    other => Ok(other),
-                });
+                let _ = done.send(outcome(answer));
             }
         }
         Ok(other) => {
@@ -1469,13 +1465,18 @@ async fn submit(raft: &Raft, mut batch: Vec<Proposal>) {
     }
 }
 
+/// A command's response as the writer sees it: a rejection is its error.
+fn outcome(resp: CommandResponse) -> Result<CommandResponse> {
+    match resp {
+        CommandResponse::Rejected(e) => Err(e),
+        other => Ok(other),
+    }
+}
+
 /// One `client_write`, its errors as the API reports them.
 async fn commit(raft: &Raft, cmd: Command) -> Result<CommandResponse> {
     match raft.client_write(Arc::new(cmd)).await {
-        Ok(resp) => match resp.data {
-            CommandResponse::Rejected(e) => Err(e),
-            other => Ok(other),
-        },
+        Ok(resp) => outcome(resp.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(not_leader(f.leader_id, f.leader_node.as_ref()))
         }

@@ -3,9 +3,9 @@
 //! One sled database holds three trees: `logs` (log index, big-endian u64 →
 //! postcard-encoded entry), `meta` (vote, committed log id, last purged log
 //! id) and `snapshot` (the current snapshot: meta and data). An append, a
-//! vote or a snapshot is reported durable only after `flush_async` returns,
+//! vote or a snapshot is reported durable only after sled's flush returns,
 //! so an acknowledged write survives `kill -9`. Appends are group-committed:
-//! `append` writes the entries and returns, and one flusher task flushes
+//! `append` writes the entries and returns, and one flusher thread flushes
 //! everything written so far and then reports every append that was
 //! waiting, in order (openraft's `LogFlushed` callback), so Raft keeps
 //! replicating and accepting writes while an fsync is in progress and
@@ -14,12 +14,11 @@
 //! Entries carry their command behind an `Arc` (serialized exactly as the
 //! command itself, so the bytes on disk and on the wire are unchanged), and
 //! the log store keeps the last [`TAIL_ENTRIES`] it appended (at most
-//! [`TAIL_BYTES`]) in memory,
-//! with their encoding: a leader replicates them to every follower without
-//! decoding them from sled, nor encoding them again, once per follower
-//! ([`crate::network`]); the state machine takes each command out of its
-//! entry when it applies it (moving it, not copying it), leaving the
-//! encoding for followers that are behind.
+//! [`TAIL_BYTES`]) in memory with their encoding: a leader replicates them
+//! to every follower without decoding them from sled, nor encoding them
+//! again, once per follower ([`crate::network`]); the state machine takes
+//! each command out of its entry when it applies it (moving it, not
+//! copying it), leaving the encoding for followers that are behind.
 //!
 //! The state machine ([`crate::state::Registry`]) lives in memory and is
 //! made durable by the log plus snapshots: on start it is restored from the
@@ -173,12 +172,17 @@ fn group_commit(db: sled::Db, waiting: std::sync::mpsc::Receiver<LogFlushed<Type
         // flush covers all of them.
         let res = db.flush();
         for callback in batch {
-            callback.log_io_completed(match &res {
-                Ok(_) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            });
+            report_flushed(callback, &res);
         }
     }
+}
+
+/// Tells openraft that an append is durable, or why it is not.
+fn report_flushed<T, E: std::fmt::Display>(callback: LogFlushed<TypeConfig>, res: &Result<T, E>) {
+    callback.log_io_completed(match res {
+        Ok(_) => Ok(()),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    });
 }
 
 /// The most entries the log store keeps in memory beside sled; older ones
@@ -410,13 +414,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         });
         let sent = flusher.send(callback);
         if let Err(e) = sent {
-            // The flusher is gone (the runtime is shutting down): flush here.
+            // No flusher thread (it could not be started, or it is gone):
+            // flush here.
             let res = self.flush(ErrorSubject::Logs).await;
-            e.0.log_io_completed(
-                res.as_ref()
-                    .map(|_| ())
-                    .map_err(|e| std::io::Error::other(e.to_string())),
-            );
+            report_flushed(e.0, &res);
             return res;
         }
         Ok(())
