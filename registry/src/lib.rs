@@ -20,13 +20,11 @@
 //! - [`watch`]: watch streams over the feed.
 //! - [`api`]: gRPC and HTTP servers.
 //! - [`server`]: runs a node with both APIs on bound listeners until shutdown.
-//! - [`cork`]: flush consolidation for the gRPC and xDS connections.
 //! - [`config`], [`metrics`], [`error`].
 
 pub mod api;
 pub mod command;
 pub mod config;
-pub mod cork;
 pub mod error;
 pub mod feed;
 pub mod index;

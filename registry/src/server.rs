@@ -31,15 +31,6 @@ fn nodelay(
     })
 }
 
-/// The connections of the gRPC API and xDS listener: TCP_NODELAY, and
-/// flushes consolidated ([`crate::cork`]) so that one xDS push to many
-/// streams of a connection leaves in a few writes.
-fn corked(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<crate::cork::Corked<tokio::net::TcpStream>>> {
-    nodelay(listener).map(|conn| conn.map(crate::cork::Corked::new))
-}
-
 /// How long in-flight requests get to finish at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -143,7 +134,7 @@ pub async fn run_with(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(node.config().max_streams_per_connection))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(corked(listeners.grpc), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(nodelay(listeners.grpc), stopped(stop_rx.clone()));
     let http = axum::serve(
         listeners.http,
         api::http::router(node.clone()).merge(ext.http),

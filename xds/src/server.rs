@@ -5,16 +5,12 @@
 //! maximum delay) → the changed applications and services invalidate the
 //! shared [`ResourceCache`] → a new generation wakes every stream → each
 //! stream diffs what it is subscribed to and sends only what changed.
-//! A generation reaches the streams one client connection at a time (a
-//! channel per peer address), so that the responses of one connection's
-//! streams are queued together and leave in few writes (the gRPC
-//! listener consolidates flushes: `meshreg_registry::cork`).
 //! Each stream sends through a channel of one message: a slow or stuck
 //! client holds at most one pending response and, when it catches up, gets
 //! the latest state (coalesced), never a backlog; other streams never wait
 //! for it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -133,11 +129,6 @@ struct Inner {
     config: XdsConfig,
     cache: RwLock<ResourceCache>,
     generation: watch::Sender<Generation>,
-    /// One generation channel per client connection (by peer address), fed
-    /// from `generation`, so that a push wakes one connection's streams
-    /// together and their responses leave in one write; with their stream
-    /// count, to drop the channel with the last stream.
-    peers: Mutex<HashMap<String, (watch::Sender<Generation>, usize)>>,
     /// Each stream's slot; its status is read from the stream's own state
     /// when the list is asked for, so pushes and ACKs never touch this map.
     clients: Mutex<BTreeMap<u64, Arc<Slot>>>,
@@ -305,7 +296,6 @@ impl AdsServer {
             config,
             node,
             generation,
-            peers: Mutex::new(HashMap::new()),
             clients: Mutex::new(BTreeMap::new()),
             next_stream: AtomicU64::new(1),
             metrics,
@@ -403,26 +393,6 @@ impl Inner {
         (id, limit, slot, st)
     }
 
-    /// The generation channel of the connection `peer`.
-    fn subscribe_peer(&self, peer: &str) -> watch::Receiver<Generation> {
-        let mut m = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let e = m
-            .entry(peer.to_string())
-            .or_insert_with(|| (watch::channel(*self.generation.borrow()).0, 0));
-        e.1 += 1;
-        e.0.subscribe()
-    }
-
-    fn unsubscribe_peer(&self, peer: &str) {
-        let mut m = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = m.get_mut(peer) {
-            e.1 -= 1;
-            if e.1 == 0 {
-                m.remove(peer);
-            }
-        }
-    }
-
     fn close(&self, id: u64, variant: &'static str) {
         self.metrics
             .streams
@@ -510,19 +480,10 @@ async fn debounce(inner: Arc<Inner>) {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .invalidate(&changes);
-        let g = Generation {
+        inner.generation.send_replace(Generation {
             revision,
             changed_at: first,
-        };
-        inner.generation.send_replace(g);
-        for (tx, _) in inner
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            tx.send_replace(g);
-        }
+        });
     }
 }
 
@@ -535,10 +496,9 @@ macro_rules! run_stream {
         let inner: Arc<Inner> = $inner;
         let mut incoming = $incoming;
         let tx = $tx;
-        let peer_key: String = $peer;
-        let (id, mut limit, slot, state) = inner.open($variant, peer_key.clone(), $state);
+        let (id, mut limit, slot, state) = inner.open($variant, $peer, $state);
         let mut ns: Option<String> = None;
-        let mut generations = inner.subscribe_peer(&peer_key);
+        let mut generations = inner.generation.subscribe();
         let mut shutdown = inner.node.shutdown_signal();
         'stream: loop {
             tokio::select! {
@@ -606,7 +566,6 @@ macro_rules! run_stream {
             }
         }
         inner.close(id, $variant);
-        inner.unsubscribe_peer(&peer_key);
     }};
 }
 
