@@ -3,9 +3,11 @@
 //! Per request: route table (RDS) → virtual host by Host/:authority →
 //! first matching route → cluster (weighted clusters by weight) →
 //! circuit breakers → endpoint pick → upstream attempt, retried by the
-//! route's retry policy. Upstream connections are pooled per endpoint
-//! with keep-alive (HTTP/1.1) and multiplexed (HTTP/2); the upstream
-//! protocol is the downstream one unless the cluster asks for HTTP/2.
+//! route's retry policy. HTTP/1.1 upstream connections are pooled per
+//! endpoint with keep-alive by [`crate::h1`], which reads and writes them
+//! from the request's own task; HTTP/2 ones are multiplexed by hyper's
+//! pooled client. The upstream protocol is the downstream one unless the
+//! cluster asks for HTTP/2.
 //!
 //! Retries follow Envoy's `retry_on` conditions, with one safety rule
 //! Envoy leaves to configuration: a request that may have reached the
@@ -39,27 +41,27 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Action, ForwardAction, PORT_HEADER};
+use crate::h1;
 use crate::runtime::{hash64, retry_backoff, ClusterStats, EndpointState, Outcome, PickCtx};
 
-/// Upstream request body: buffered (replayable) or streamed once.
+/// HTTP/2 upstream request body: buffered (replayable) or streamed once.
 pub type ReqBody = Either<Full<Bytes>, Incoming>;
-/// The pooled upstream client.
+/// The pooled HTTP/2 upstream client.
 pub type HttpClient = Client<HttpConnector, ReqBody>;
 
 /// Largest request body buffered so that the request can be retried.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-/// A cluster's upstream clients.
+/// A cluster's upstream clients (HTTP/1.1 goes through [`crate::h1`],
+/// whose pools live in the endpoints' state).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// HTTP/1.1 with keep-alive.
-    pub h1: HttpClient,
     /// HTTP/2 with prior knowledge (h2c).
     pub h2: HttpClient,
 }
 
-/// A pooled client (one per connect timeout and protocol).
-pub fn new_client(connect_timeout: Duration, h2: bool) -> HttpClient {
+/// A pooled HTTP/2 (h2c, prior knowledge) client, one per connect timeout.
+pub fn new_client(connect_timeout: Duration) -> HttpClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(connect_timeout));
@@ -69,12 +71,10 @@ pub fn new_client(connect_timeout: Duration, h2: bool) -> HttpClient {
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
-        .set_host(false);
-    if h2 {
-        b.http2_only(true)
-            .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)));
-    }
+        .set_host(false)
+        .http2_only(true)
+        .http2_adaptive_window(true)
+        .http2_keep_alive_interval(Some(Duration::from_secs(30)));
     b.build(conn)
 }
 
@@ -115,22 +115,28 @@ impl Drop for ActiveGuard {
 /// The response body sent downstream.
 #[derive(Debug)]
 pub enum RespBody {
-    /// Streamed from the upstream; holds the in-flight counters.
+    /// Streamed from an HTTP/2 upstream (hyper's client); holds the
+    /// in-flight counters.
     Upstream(Incoming, ActiveGuard),
+    /// Streamed from an HTTP/1.1 upstream ([`h1`]); holds the in-flight
+    /// counters.
+    H1(h1::ResponseBody, ActiveGuard),
     /// A local reply.
     Local(Full<Bytes>),
 }
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    /// hyper's or [`h1::Error`], boxed (what hyper's server takes).
+    type Error = h1::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::BoxError>>> {
         match self.get_mut() {
-            RespBody::Upstream(b, _) => Pin::new(b).poll_frame(cx),
+            RespBody::Upstream(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RespBody::H1(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RespBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }
     }
@@ -138,6 +144,7 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Upstream(b, _) => b.is_end_stream(),
+            RespBody::H1(b, _) => b.is_end_stream(),
             RespBody::Local(b) => b.is_end_stream(),
         }
     }
@@ -145,7 +152,40 @@ impl Body for RespBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream(b, _) => b.size_hint(),
+            RespBody::H1(b, _) => b.size_hint(),
             RespBody::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// An upstream response body, by protocol.
+#[derive(Debug)]
+enum UpBody {
+    H2(Incoming),
+    H1(h1::ResponseBody),
+}
+
+/// An upstream attempt's failure, by protocol.
+#[derive(Debug)]
+enum UpError {
+    H2(hyper_util::client::legacy::Error),
+    H1(h1::Error),
+}
+
+impl UpError {
+    fn is_connect(&self) -> bool {
+        match self {
+            UpError::H2(e) => e.is_connect(),
+            UpError::H1(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for UpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpError::H2(e) => e.fmt(f),
+            UpError::H1(e) => e.fmt(f),
         }
     }
 }
@@ -418,7 +458,8 @@ async fn forward(
             "cluster not initialised",
         );
     };
-    let client = if h2 { &upstream.h2 } else { &upstream.h1 };
+    let client = &upstream.h2;
+    let connect_timeout = cluster.cfg.connect_timeout;
     let mut prev: Option<Arc<EndpointState>> = None;
     let mut attempt = 0u32;
     loop {
@@ -437,62 +478,72 @@ async fn forward(
         if out.enabled {
             out.upstream = Some(ep.authority.clone());
         }
-        let uri = ep.uri_authority.clone().map(|a| {
-            Uri::builder()
-                .scheme(http::uri::Scheme::HTTP)
-                .authority(a)
-                .path_and_query(pq.clone())
-                .build()
-        });
-        let uri: Uri = match uri {
-            Some(Ok(u)) => u,
-            Some(Err(e)) => {
-                out.flags = "DPE";
-                return local_reply(
-                    StatusCode::BAD_REQUEST,
-                    "DPE",
-                    &format!("request target: {e}"),
-                );
-            }
-            None => {
-                out.flags = "UH";
-                return local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UH",
-                    &format!(
-                        "endpoint address {:?} is not a valid authority",
-                        ep.authority
-                    ),
-                );
-            }
+        let Some(up_authority) = &ep.uri_authority else {
+            out.flags = "UH";
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UH",
+                &format!(
+                    "endpoint address {:?} is not a valid authority",
+                    ep.authority
+                ),
+            );
         };
         let last_try = attempt >= max_attempts;
-        let body = match (&replay, once.take()) {
-            (Some(b), _) => Either::Left(Full::new(b.clone())),
-            (None, Some(b)) => Either::Right(b),
-            (None, None) => unreachable_body(),
-        };
-        let mut builder = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .version(if h2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            });
-        if let Some(h) = builder.headers_mut() {
-            *h = if last_try && replay.is_none() {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
+        let port_header = host
+            .cfg
+            .app_port
+            .map(|p| (HeaderName::from_static(PORT_HEADER), HeaderValue::from(p)));
+        // HTTP/2 goes through hyper's client (a full request with a URI);
+        // HTTP/1.1 through `h1`, which borrows the head.
+        let prepared = if h2 {
+            let uri = Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(up_authority.clone())
+                .path_and_query(pq.clone())
+                .build();
+            let uri: Uri = match uri {
+                Ok(u) => u,
+                Err(e) => {
+                    out.flags = "DPE";
+                    return local_reply(
+                        StatusCode::BAD_REQUEST,
+                        "DPE",
+                        &format!("request target: {e}"),
+                    );
+                }
             };
-            if let Some(p) = host.cfg.app_port {
-                h.insert(HeaderName::from_static(PORT_HEADER), HeaderValue::from(p));
+            let body = match (&replay, once.take()) {
+                (Some(b), _) => Either::Left(Full::new(b.clone())),
+                (None, Some(b)) => Either::Right(b),
+                (None, None) => unreachable_body(),
+            };
+            let mut builder = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
+                .version(Version::HTTP_2);
+            if let Some(h) = builder.headers_mut() {
+                *h = if last_try && replay.is_none() {
+                    std::mem::take(&mut parts.headers)
+                } else {
+                    parts.headers.clone()
+                };
+                if let Some((n, v)) = &port_header {
+                    h.insert(n.clone(), v.clone());
+                }
             }
-        }
-        let Ok(up_req) = builder.body(body) else {
-            out.flags = "DPE";
-            return local_reply(StatusCode::BAD_REQUEST, "DPE", "invalid request");
+            let Ok(up_req) = builder.body(body) else {
+                out.flags = "DPE";
+                return local_reply(StatusCode::BAD_REQUEST, "DPE", "invalid request");
+            };
+            Prepared::H2(up_req)
+        } else {
+            Prepared::H1(match (&replay, once.take()) {
+                (Some(b), _) => h1::RequestBody::Replay(b.clone()),
+                (None, Some(b)) => h1::RequestBody::Stream(b),
+                // See `unreachable_body`.
+                (None, None) => h1::RequestBody::Replay(Bytes::new()),
+            })
         };
         let guard = ActiveGuard::new(&ep, &cluster.stats, attempt > 1);
         let now = Instant::now();
@@ -500,9 +551,30 @@ async fn forward(
         if let Some(pt) = retry.per_try_timeout {
             budget = Some(budget.map_or(pt, |b| b.min(pt)));
         }
+        let call = async {
+            match prepared {
+                Prepared::H2(up_req) => client
+                    .request(up_req)
+                    .await
+                    .map(|r| r.map(UpBody::H2))
+                    .map_err(UpError::H2),
+                Prepared::H1(body) => {
+                    let head = h1::RequestHead {
+                        method: &parts.method,
+                        path_and_query: pq.as_str(),
+                        headers: &parts.headers,
+                        overrides: port_header.as_slice(),
+                    };
+                    h1::send(&ep.h1, connect_timeout, &head, body)
+                        .await
+                        .map(|r| r.map(UpBody::H1))
+                        .map_err(UpError::H1)
+                }
+            }
+        };
         let result = match budget {
-            Some(b) => tokio::time::timeout(b, client.request(up_req)).await.ok(),
-            None => Some(client.request(up_req).await),
+            Some(b) => tokio::time::timeout(b, call).await.ok(),
+            None => Some(call.await),
         };
         let retries_left = !last_try
             && replay.is_some()
@@ -533,7 +605,11 @@ async fn forward(
                 }
                 strip_hop_by_hop(resp.headers_mut());
                 let (p, b) = resp.into_parts();
-                return Response::from_parts(p, RespBody::Upstream(b, guard));
+                let b = match b {
+                    UpBody::H2(b) => RespBody::Upstream(b, guard),
+                    UpBody::H1(b) => RespBody::H1(b, guard),
+                };
+                return Response::from_parts(p, b);
             }
             Some(Err(e)) => {
                 drop(guard);
@@ -592,6 +668,14 @@ async fn forward(
             }
         }
     }
+}
+
+/// An upstream request ready to send, by protocol.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per attempt, moved once into its future
+enum Prepared {
+    H2(Request<ReqBody>),
+    H1(h1::RequestBody),
 }
 
 /// A body for an attempt that cannot happen: the streamed body is only

@@ -9,6 +9,9 @@
 //!   subsets, locality, outlier detection.
 //! - [`http`]: the HTTP/1.1, HTTP/2 and gRPC forwarding path (routing,
 //!   retries, timeouts, circuit breakers).
+//! - [`h1`]: the HTTP/1.1 upstream client and its per-endpoint connection
+//!   pool, run on the downstream request's own task (HTTP/2 upstreams use
+//!   hyper's pooled client).
 //! - [`listener`]: listeners bound from LDS, protocol detection, TCP
 //!   proxying, drain.
 //! - [`admin`]: `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`.
@@ -17,6 +20,7 @@ pub mod admin;
 pub mod ads;
 pub mod bootstrap;
 pub mod config;
+pub mod h1;
 pub mod http;
 pub mod listener;
 pub mod runtime;
@@ -61,7 +65,7 @@ pub struct Proxy {
     listeners: watch::Sender<Arc<Vec<ListenerCfg>>>,
     xds_connected: AtomicBool,
     draining: watch::Sender<bool>,
-    clients: Mutex<HashMap<(Duration, bool), HttpClient>>,
+    clients: Mutex<HashMap<Duration, HttpClient>>,
     /// Listener name → bound address, maintained by the listener manager.
     pub bound: Mutex<BTreeMap<String, std::net::SocketAddr>>,
     /// Per-listener stats, maintained by the listener manager.
@@ -120,8 +124,7 @@ impl Proxy {
         let rt = Runtime::build(&ads.res, &old, &self.local);
         for c in rt.clusters.values() {
             let _ = c.upstream.set(Upstream {
-                h1: self.client(c.cfg.connect_timeout, false),
-                h2: self.client(c.cfg.connect_timeout, true),
+                h2: self.client(c.cfg.connect_timeout),
             });
         }
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rt);
@@ -148,10 +151,12 @@ impl Proxy {
         });
     }
 
-    fn client(&self, connect_timeout: Duration, h2: bool) -> HttpClient {
+    /// The HTTP/2 client for a connect timeout (shared by the clusters
+    /// that have it, so its pool outlives configuration updates).
+    fn client(&self, connect_timeout: Duration) -> HttpClient {
         let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry((connect_timeout, h2))
-            .or_insert_with(|| http::new_client(connect_timeout, h2))
+        m.entry(connect_timeout)
+            .or_insert_with(|| http::new_client(connect_timeout))
             .clone()
     }
 

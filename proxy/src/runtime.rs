@@ -5,7 +5,8 @@
 //! Endpoint state outlives configuration updates: a new [`Cluster`]
 //! reuses the [`EndpointState`] of every endpoint it keeps (same
 //! `host:port`), so a weight change or a new endpoint does not reset an
-//! ejection, and in-flight requests keep their counters.
+//! ejection, in-flight requests keep their counters and idle HTTP/1.1
+//! connections stay pooled.
 //!
 //! Load balancing (`pick`): candidates are the cluster's endpoints, or the
 //! subset matching the route's `envoy.lb` metadata (a roaring-bitmap
@@ -55,6 +56,9 @@ pub struct EndpointState {
     pub authority: String,
     /// The same, parsed for request URIs (`None` if it does not parse).
     pub uri_authority: Option<http::uri::Authority>,
+    /// The HTTP/1.1 client's view of it: socket address and idle
+    /// connections (kept with the rest of this state across updates).
+    pub h1: Arc<crate::h1::Endpoint>,
     /// Stats.
     pub stats: EndpointStats,
     outlier: Mutex<Outlier>,
@@ -87,6 +91,7 @@ impl EndpointState {
         EndpointState {
             authority: authority.to_string(),
             uri_authority: authority.parse().ok(),
+            h1: Arc::new(crate::h1::Endpoint::new(authority)),
             stats: EndpointStats::default(),
             outlier: Mutex::new(Outlier::default()),
             ejected_until_ns: AtomicU64::new(0),
