@@ -25,6 +25,16 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A single-node meshreg in a temporary directory (kept for the
+/// sidecars' files too), its xDS address, and a runtime for the test's
+/// clients and servers.
+fn registry() -> (tempfile::TempDir, Server, String, tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
+    let xds = xds_addr(&s);
+    (dir, s, xds, rt())
+}
+
 fn sidecar_meta(sc: &Sidecar) -> String {
     format!(
         r#""metadata":{{"meshreg.io/sidecar-port":"{}"}}"#,
@@ -43,10 +53,7 @@ fn wait_routable(rt: &tokio::runtime::Runtime, c: &Caller, port: u16, host: &str
 
 #[test]
 fn http1_h2c_and_grpc_through_two_sidecars() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let echo = rt.block_on(Echo::start("e1"));
     let server_side = Sidecar::start(dir.path(), &xds, "echo", &["--access-log"]).unwrap();
     register(&s, "echo", echo.port, &sidecar_meta(&server_side));
@@ -237,10 +244,7 @@ fn load(
 
 #[test]
 fn an_upstream_killed_under_load_fails_no_idempotent_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let port = free_port();
     let echos: Vec<Echo> = (2..=4)
         .map(|i| rt.block_on(Echo::start_on(&format!("e{i}"), [127, 0, 0, i], port)))
@@ -286,10 +290,7 @@ fn an_upstream_killed_under_load_fails_no_idempotent_request() {
 
 #[test]
 fn configuration_changes_under_load_fail_no_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let port = free_port();
     let e1 = rt.block_on(Echo::start_on("e1", [127, 0, 0, 2], port));
     let e2 = rt.block_on(Echo::start_on("e2", [127, 0, 0, 3], port));
@@ -378,10 +379,7 @@ async fn raw(port: u16, bytes: &[u8]) -> String {
 
 #[test]
 fn bad_requests_and_bad_upstreams_get_the_right_status_and_never_crash_the_proxy() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let good = rt.block_on(Echo::start("good"));
     register(&s, "good", good.port, "");
     let garbage = rt.block_on(bad_upstream(b"this is not HTTP\r\n\r\n"));
@@ -469,10 +467,7 @@ fn wait_routable_status(
 
 #[test]
 fn admin_shows_config_and_drain_finishes_in_flight_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let e = rt.block_on(Echo::start("e"));
     register(&s, "echo", e.port, r#""labels":{"version":"v1"}"#);
     let mut client = Sidecar::start(dir.path(), &xds, "client", &[]).unwrap();
@@ -536,10 +531,7 @@ fn admin_shows_config_and_drain_finishes_in_flight_requests() {
 
 #[test]
 fn a_new_binary_takes_over_the_ports_without_refusing_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let e = rt.block_on(Echo::start("e"));
     register(&s, "echo", e.port, "");
     let ports = [free_port(), free_port(), free_port()];
@@ -662,10 +654,7 @@ fn tcp_outbound(port: u16, target: &str) -> String {
 
 #[test]
 fn tcp_outbound_ports_proxy_bytes_both_ways_with_half_close() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     // The client's sidecar starts before `db` exists: its TCP ports are
     // bound all the same.
     let (by_app, by_service) = (free_port(), free_port());
@@ -777,10 +766,7 @@ fn tcp_outbound_ports_proxy_bytes_both_ways_with_half_close() {
 
 #[test]
 fn tcp_outbound_ports_route_http_like_the_outbound_listener_and_proxy_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let web = rt.block_on(TcpEcho::start_dual("web"));
     let web_side = Sidecar::start(dir.path(), &xds, "web", &[]).unwrap();
     register(&s, "web", web.port, &sidecar_meta(&web_side));
@@ -858,10 +844,7 @@ fn tcp_outbound_ports_route_http_like_the_outbound_listener_and_proxy_the_rest()
 
 #[test]
 fn deregistering_an_endpoint_moves_new_tcp_connections_and_keeps_open_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let app_port = free_port();
     let e1 = rt.block_on(TcpEcho::start_on("e1", [127, 0, 0, 2], app_port));
     let e2 = rt.block_on(TcpEcho::start_on("e2", [127, 0, 0, 3], app_port));
@@ -934,10 +917,7 @@ fn deregistering_an_endpoint_moves_new_tcp_connections_and_keeps_open_ones() {
 /// end or the drain timeout passes, and the proxy exits after that.
 #[test]
 fn a_drain_lets_open_tcp_connections_finish_until_its_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("reg"), &[]).unwrap();
-    let xds = xds_addr(&s);
-    let rt = rt();
+    let (dir, s, xds, rt) = registry();
     let db = rt.block_on(TcpEcho::start_on("db1", [127, 0, 0, 1], 0));
     register(&s, "db", db.port, "");
     let port = free_port();
