@@ -3,6 +3,8 @@
 //! subscriptions, unsubscribe, removal, nonexistent names, reconnect with
 //! `initial_resource_versions`, CDS → EDS ordering, for SotW and delta; and
 //! bad input (unknown types, request floods) ending only the offending stream;
+//! a client that stops reading holding back only itself, and catching up
+//! with the latest state;
 //! and the sidecar's own resources (`sidecar|…`, `inbound|…`) on one delta
 //! stream as `meshreg-proxy` asks for them.
 
@@ -207,6 +209,31 @@ async fn sotw_ack_nack_wildcard_ordering_and_removal() {
     assert!(saw_cds_without_pay, "the removed cluster left the CDS set");
 }
 
+type DeltaTx = mpsc::Sender<ds::DeltaDiscoveryRequest>;
+type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+/// A new delta stream on `c`: its request sender and response stream.
+async fn open_delta(c: &mut AdsClient) -> (DeltaTx, Streaming<ds::DeltaDiscoveryResponse>) {
+    let (tx, rx) = mpsc::channel(16);
+    let stream = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, stream)
+}
+
+/// ACKs the EDS response with `nonce`.
+async fn ack_eds(tx: &DeltaTx, nonce: String) {
+    tx.send(ds::DeltaDiscoveryRequest {
+        type_url: EDS.into(),
+        response_nonce: nonce,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 async fn next(
     st: &mut Streaming<ds::DeltaDiscoveryResponse>,
     ms: u64,
@@ -226,12 +253,7 @@ async fn delta_subscriptions_removals_and_reconnect_with_initial_versions() {
     let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let mut stream = c
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = open_delta(&mut c).await;
     let req = |sub: &[&str], unsub: &[&str], nonce: &str| ds::DeltaDiscoveryRequest {
         node: node(),
         type_url: EDS.into(),
@@ -270,12 +292,7 @@ async fn delta_subscriptions_removals_and_reconnect_with_initial_versions() {
     // Reconnect to the same server with what the client has: nothing is
     // resent for the current version; a stale version is replaced.
     drop(tx);
-    let (tx2, rx2) = mpsc::channel(16);
-    let mut s2 = c
-        .delta_aggregated_resources(ReceiverStream::new(rx2))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx2, mut s2) = open_delta(&mut c).await;
     let mut first = req(&[PAY], &[], "");
     first.initial_resource_versions = HashMap::from([(PAY.to_string(), v2.clone())]);
     tx2.send(first).await.unwrap();
@@ -284,12 +301,7 @@ async fn delta_subscriptions_removals_and_reconnect_with_initial_versions() {
         "a current resource was resent on reconnect"
     );
     drop(tx2);
-    let (tx3, rx3) = mpsc::channel(16);
-    let mut s3 = c
-        .delta_aggregated_resources(ReceiverStream::new(rx3))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx3, mut s3) = open_delta(&mut c).await;
     let mut first = req(&[PAY], &[], "");
     first.initial_resource_versions = HashMap::from([(PAY.to_string(), pay_version)]);
     tx3.send(first).await.unwrap();
@@ -315,6 +327,129 @@ async fn delta_subscriptions_removals_and_reconnect_with_initial_versions() {
         next(&mut s3, 800).await.is_none(),
         "pushed after unsubscribe"
     );
+}
+
+/// A delta stream on its own connection, subscribed to `PAY`, with the
+/// first response read and ACKed. `window` caps what the connection
+/// buffers unread (bytes; HTTP/2 stream and connection window).
+async fn delta_pay_stream(
+    s: &Server,
+    window: u32,
+) -> (DeltaTx, Streaming<ds::DeltaDiscoveryResponse>) {
+    let channel = tonic::transport::Endpoint::from_shared(s.grpc.clone())
+        .unwrap()
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .connect()
+        .await
+        .unwrap();
+    let mut c = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, mut stream) = open_delta(&mut c).await;
+    tx.send(ds::DeltaDiscoveryRequest {
+        node: node(),
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![PAY.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = next(&mut stream, 10_000).await.expect("initial response");
+    ack_eds(&tx, r.nonce).await;
+    (tx, stream)
+}
+
+fn pay_endpoints(r: &ds::DeltaDiscoveryResponse) -> Option<usize> {
+    let res = r.resources.iter().find(|r| r.name == PAY)?;
+    Some(endpoints(res.resource.as_ref()?))
+}
+
+fn streams_listed(s: &Server) -> usize {
+    s.get("/v1/xds/clients").json()["clients"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_client_holds_back_only_itself_and_then_gets_the_latest_state() {
+    let dir = tempfile::tempdir().unwrap();
+    // A push per change, not one per debounced batch.
+    let config = dir.path().join("meshreg.toml");
+    std::fs::write(
+        &config,
+        "[xds]\ndebounce_quiet_ms = 1\ndebounce_max_ms = 2\n",
+    )
+    .unwrap();
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    )
+    .unwrap();
+    register(&s, "pay", "10.0.0.1");
+    // The stuck client stops reading once 64 KiB are buffered unread.
+    let (_stuck_tx, mut stuck) = delta_pay_stream(&s, 65_535).await;
+    let (good_tx, mut good) = delta_pay_stream(&s, 4 << 20).await;
+    assert_eq!(streams_listed(&s), 2);
+
+    // Every change adds an endpoint with 1 KiB of labels: the EDS response
+    // grows by about 1 KiB a change, 40 changes about 800 KiB in all.
+    let big = (0..16)
+        .map(|k| format!(r#""k{k}":"{}""#, "x".repeat(60)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let changes = 40;
+    for i in 0..changes {
+        let body = format!(
+            r#"{{"app":"pay","address":"10.0.1.{i}","ports":{{"grpc":9090}},"labels":{{{big}}}}}"#
+        );
+        assert_eq!(
+            s.post("/v1/namespaces/default/instances", &body).status,
+            200
+        );
+    }
+    let want = changes + 1;
+    // The client that reads keeps up (its ACKs are sent, the stuck one's
+    // unread responses are no concern of its).
+    let (mut seen, mut pushes) = (0, 0);
+    while seen < want {
+        let r = next(&mut good, 10_000)
+            .await
+            .expect("the reading client is not held back");
+        seen = pay_endpoints(&r).unwrap_or(seen);
+        pushes += 1;
+        ack_eds(&good_tx, r.nonce).await;
+    }
+
+    // The stuck client reads at last: it ends with the latest state, and
+    // what piled up while it did not read was coalesced, not queued.
+    let mut responses = 0;
+    let mut last = 0;
+    while let Some(r) = next(&mut stuck, 3_000).await {
+        responses += 1;
+        last = pay_endpoints(&r).unwrap_or(last);
+    }
+    assert_eq!(last, want, "the latest state reached the stuck client");
+    eprintln!("pushes to the reading client: {pushes}; to the stuck one: {responses}");
+    assert!(
+        pushes > changes / 2,
+        "only {pushes} pushes for {changes} changes: too few to fill a window"
+    );
+    assert!(
+        responses < pushes,
+        "{responses} responses to the stuck client, {pushes} to the reading one: nothing was coalesced"
+    );
+
+    // A client that goes away leaves the client list.
+    drop(stuck);
+    drop(_stuck_tx);
+    let mut listed = streams_listed(&s);
+    for _ in 0..50 {
+        if listed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        listed = streams_listed(&s);
+    }
+    assert_eq!(listed, 1, "a closed stream is still listed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -522,12 +657,7 @@ async fn sidecar_configuration_on_one_delta_stream() {
     let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let mut stream = c
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = open_delta(&mut c).await;
     let sidecar = Some(EnvoyNode {
         id: "sidecar~10.0.0.1~pay-1.default".into(),
         metadata: Some(Struct {

@@ -5,10 +5,10 @@
 //! maximum delay) → the changed applications and services invalidate the
 //! shared [`ResourceCache`] → a new generation wakes every stream → each
 //! stream diffs what it is subscribed to and sends only what changed.
-//! Each stream sends through a channel of one message: a slow or stuck
-//! client holds at most one pending response and, when it catches up, gets
-//! the latest state (coalesced), never a backlog; other streams never wait
-//! for it.
+//! Each stream's protocol state runs inside its response stream
+//! ([`ads_stream`]): a slow or stuck client holds back only its own
+//! responses and, when it catches up, gets the latest state (coalesced),
+//! never a backlog; other streams never wait for it.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -31,14 +31,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
+
+use self::ads_stream::AdsStream;
 
 use crate::cache::{Changes, ResourceCache};
 use crate::config::XdsConfig;
 use crate::mcp::Export;
 use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
+
+mod ads_stream;
 use crate::resources::ResourceType;
 
 /// A batch of changes made visible to the streams.
@@ -491,84 +494,6 @@ fn protocol_status(e: ProtocolError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-macro_rules! run_stream {
-    ($inner:expr, $incoming:expr, $tx:expr, $variant:literal, $state:expr, $peer:expr) => {{
-        let inner: Arc<Inner> = $inner;
-        let mut incoming = $incoming;
-        let tx = $tx;
-        let (id, mut limit, slot, state) = inner.open($variant, $peer, $state);
-        let mut ns: Option<String> = None;
-        let mut generations = inner.generation.subscribe();
-        let mut shutdown = inner.node.shutdown_signal();
-        'stream: loop {
-            tokio::select! {
-                msg = incoming.message() => {
-                    let req = match msg {
-                        Ok(Some(req)) => req,
-                        Ok(None) | Err(_) => break,
-                    };
-                    if !limit.allow() {
-                        inner.metrics.rejected.inc();
-                        let _ = tx.send(Err(Status::resource_exhausted(format!(
-                            "more than {} xDS requests per second on one stream", inner.config.requests_per_second
-                        )))).await;
-                        break;
-                    }
-                    let first = ns.is_none();
-                    let namespace = ns.get_or_insert_with(|| {
-                        let n = namespace_of(req.node.as_ref());
-                        Inner::identify(&slot, req.node.as_ref(), &n);
-                        n
-                    }).clone();
-                    let (out, nacked) = {
-                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                        if first && mcp_export_for(&inner.config, req.node.as_ref()) == Export::NativeOnly {
-                            st.set_native_only(true);
-                        }
-                        let nacks_before = st.nacks;
-                        let out = inner.with_view(&namespace, |v| st.on_request(&req, v));
-                        (out, st.nacks > nacks_before)
-                    };
-                    if nacked {
-                        let ty = ResourceType::from_url(&req.type_url).map_or("?", ResourceType::short);
-                        inner.metrics.nacks.get_or_create(&TypeLabel { r#type: ty }).inc();
-                        tracing::warn!(stream = id, r#type = ty, error = ?req.error_detail.as_ref().map(|e| &e.message), "xDS NACK");
-                    }
-                    match out {
-                        Ok(responses) => {
-                            for r in responses {
-                                inner.count_push(&r.type_url, None);
-                                if tx.send(Ok(r)).await.is_err() { break 'stream; }
-                            }
-                        }
-                        Err(e) => {
-                            inner.metrics.rejected.inc();
-                            let _ = tx.send(Err(protocol_status(e))).await;
-                            break;
-                        }
-                    }
-                }
-                changed = generations.changed() => {
-                    if changed.is_err() { break; }
-                    let Some(namespace) = ns.clone() else { continue };
-                    let g = *generations.borrow_and_update();
-                    tracing::trace!(stream = id, revision = g.revision, "pushing a generation");
-                    let responses = {
-                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                        inner.with_view(&namespace, |v| st.on_change(v))
-                    };
-                    for r in responses {
-                        inner.count_push(&r.type_url, Some(&g));
-                        if tx.send(Ok(r)).await.is_err() { break 'stream; }
-                    }
-                }
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-            }
-        }
-        inner.close(id, $variant);
-    }};
-}
-
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = BoxStream<ds::DiscoveryResponse>;
@@ -578,13 +503,8 @@ impl AggregatedDiscoveryService for AdsServer {
         req: Request<Streaming<ds::DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let incoming = req.into_inner();
-        let (tx, rx) = mpsc::channel(1);
-        let inner = self.inner.clone();
-        tokio::spawn(
-            async move { run_stream!(inner, incoming, tx, "sotw", SotwStream::new, peer) },
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = AdsStream::<SotwStream>::open(self.inner.clone(), req.into_inner(), peer);
+        Ok(Response::new(Box::pin(stream.into_stream())))
     }
 
     type DeltaAggregatedResourcesStream = BoxStream<ds::DeltaDiscoveryResponse>;
@@ -594,13 +514,8 @@ impl AggregatedDiscoveryService for AdsServer {
         req: Request<Streaming<ds::DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let incoming = req.into_inner();
-        let (tx, rx) = mpsc::channel(1);
-        let inner = self.inner.clone();
-        tokio::spawn(
-            async move { run_stream!(inner, incoming, tx, "delta", DeltaStream::new, peer) },
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = AdsStream::<DeltaStream>::open(self.inner.clone(), req.into_inner(), peer);
+        Ok(Response::new(Box::pin(stream.into_stream())))
     }
 }
 

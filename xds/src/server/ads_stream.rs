@@ -1,0 +1,291 @@
+//! One ADS stream, run as the response stream tonic polls.
+//!
+//! The stream's protocol state is driven from inside the response body's
+//! `poll_next`: it reads the client's next request and the latest
+//! generation, and yields what they produce. Nothing runs per stream
+//! besides the HTTP/2 stream task hyper already has, so a push wakes one
+//! task, not a protocol task and then, through a channel, hyper's.
+//!
+//! Backpressure is the HTTP/2 send window: while the client does not read,
+//! hyper stops polling the body, no generation is looked at, and when the
+//! client catches up it gets the latest state diffed against what it last
+//! got (coalesced), never a backlog. Other streams never wait for it.
+
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
+use envoy_types::pb::envoy::service::discovery::v3 as ds;
+use futures_util::Stream;
+use tokio::sync::watch;
+use tonic::{Status, Streaming};
+
+use super::{
+    mcp_export_for, namespace_of, protocol_status, Generation, Inner, RateLimit, Slot,
+    StatusSource, TypeLabel,
+};
+use crate::mcp::Export;
+use crate::protocol::{DeltaStream, ProtocolError, SotwStream, View};
+use crate::resources::ResourceType;
+
+/// One ADS variant's per-stream protocol state and message shapes, as the
+/// server drives them: [`SotwStream`] for `StreamAggregatedResources`,
+/// [`DeltaStream`] for `DeltaAggregatedResources`.
+pub(super) trait Protocol: Sized + Send + 'static {
+    /// The request message.
+    type Request: Send + 'static;
+    /// The response message.
+    type Response: Send + 'static;
+    /// `sotw` or `delta`, as listed and labelled.
+    const VARIANT: &'static str;
+
+    /// A new stream's state; `seed` makes its nonces unique.
+    fn new(seed: u64) -> Self;
+    /// The request's `node` (set at least on the first request).
+    fn node(req: &Self::Request) -> Option<&EnvoyNode>;
+    /// The request's `type_url`.
+    fn type_url(req: &Self::Request) -> &str;
+    /// The request's `error_detail.message`, when it is a NACK.
+    fn error_message(req: &Self::Request) -> Option<&str>;
+    /// The response's `type_url`.
+    fn response_type_url(r: &Self::Response) -> &str;
+    /// See [`SotwStream::on_request`].
+    fn on_request(
+        &mut self,
+        req: &Self::Request,
+        view: &mut dyn View,
+    ) -> Result<Vec<Self::Response>, ProtocolError>;
+    /// See [`SotwStream::on_change`].
+    fn on_change(&mut self, view: &mut dyn View) -> Vec<Self::Response>;
+    /// NACKs received so far.
+    fn nacks(&self) -> u64;
+    /// See [`SotwStream::set_native_only`].
+    fn set_native_only(&mut self, on: bool);
+}
+
+macro_rules! protocol_impl {
+    ($state:ty, $req:ty, $resp:ty, $variant:literal) => {
+        impl Protocol for $state {
+            type Request = $req;
+            type Response = $resp;
+            const VARIANT: &'static str = $variant;
+
+            fn new(seed: u64) -> Self {
+                <$state>::new(seed)
+            }
+            fn node(req: &$req) -> Option<&EnvoyNode> {
+                req.node.as_ref()
+            }
+            fn type_url(req: &$req) -> &str {
+                &req.type_url
+            }
+            fn error_message(req: &$req) -> Option<&str> {
+                req.error_detail.as_ref().map(|e| e.message.as_str())
+            }
+            fn response_type_url(r: &$resp) -> &str {
+                &r.type_url
+            }
+            fn on_request(
+                &mut self,
+                req: &$req,
+                view: &mut dyn View,
+            ) -> Result<Vec<$resp>, ProtocolError> {
+                <$state>::on_request(self, req, view)
+            }
+            fn on_change(&mut self, view: &mut dyn View) -> Vec<$resp> {
+                <$state>::on_change(self, view)
+            }
+            fn nacks(&self) -> u64 {
+                self.nacks
+            }
+            fn set_native_only(&mut self, on: bool) {
+                <$state>::set_native_only(self, on)
+            }
+        }
+    };
+}
+
+protocol_impl!(
+    SotwStream,
+    ds::DiscoveryRequest,
+    ds::DiscoveryResponse,
+    "sotw"
+);
+protocol_impl!(
+    DeltaStream,
+    ds::DeltaDiscoveryRequest,
+    ds::DeltaDiscoveryResponse,
+    "delta"
+);
+
+/// One open ADS stream: its requests, its protocol state, and the
+/// responses it has yet to yield. Dropping it (the stream ended, or hyper
+/// dropped the response because the client went away) removes it from the
+/// client list.
+pub(super) struct AdsStream<P: Protocol> {
+    inner: Arc<Inner>,
+    incoming: Streaming<P::Request>,
+    id: u64,
+    limit: RateLimit,
+    slot: Arc<Slot>,
+    state: Arc<Mutex<P>>,
+    /// Set from the first request.
+    ns: Option<String>,
+    generations: watch::Receiver<Generation>,
+    shutdown: watch::Receiver<bool>,
+    /// Responses produced and not yet yielded, in order.
+    pending: std::vec::IntoIter<P::Response>,
+    /// The error that ends the stream, yielded after `pending`.
+    error: Option<Status>,
+    done: bool,
+}
+
+impl<P: Protocol> AdsStream<P>
+where
+    Mutex<P>: StatusSource,
+{
+    /// Registers a stream from `peer` reading `incoming`.
+    pub(super) fn open(inner: Arc<Inner>, incoming: Streaming<P::Request>, peer: String) -> Self {
+        let (id, limit, slot, state) = inner.open(P::VARIANT, peer, P::new);
+        let generations = inner.generation.subscribe();
+        let shutdown = inner.node.shutdown_signal();
+        Self {
+            inner,
+            incoming,
+            id,
+            limit,
+            slot,
+            state,
+            ns: None,
+            generations,
+            shutdown,
+            pending: Vec::new().into_iter(),
+            error: None,
+            done: false,
+        }
+    }
+
+    /// The responses, as the stream tonic sends: it ends when the client
+    /// half-closes or resets, the node shuts down, or after an error
+    /// status (a bad request, the request rate exceeded).
+    pub(super) fn into_stream(self) -> impl Stream<Item = Result<P::Response, Status>> + Send {
+        futures_util::stream::unfold(self, |mut s| async move {
+            let item = s.next().await?;
+            Some((item, s))
+        })
+    }
+
+    async fn next(&mut self) -> Option<Result<P::Response, Status>> {
+        loop {
+            if let Some(r) = self.pending.next() {
+                return Some(Ok(r));
+            }
+            if let Some(e) = self.error.take() {
+                self.done = true;
+                return Some(Err(e));
+            }
+            if self.done {
+                return None;
+            }
+            let event = tokio::select! {
+                msg = self.incoming.message() => match msg {
+                    Ok(Some(req)) => Event::Request(req),
+                    Ok(None) | Err(_) => Event::End,
+                },
+                changed = self.generations.changed() => match changed {
+                    Ok(()) => Event::Generation,
+                    Err(_) => Event::End,
+                },
+                _ = self.shutdown.wait_for(|s| *s) => Event::End,
+            };
+            match event {
+                Event::Request(req) => self.on_request(&req),
+                Event::Generation => self.on_change(),
+                Event::End => self.done = true,
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: &P::Request) {
+        let inner = &self.inner;
+        if !self.limit.allow() {
+            inner.metrics.rejected.inc();
+            self.error = Some(Status::resource_exhausted(format!(
+                "more than {} xDS requests per second on one stream",
+                inner.config.requests_per_second
+            )));
+            return;
+        }
+        let first = self.ns.is_none();
+        let slot = &self.slot;
+        let namespace = self.ns.get_or_insert_with(|| {
+            let n = namespace_of(P::node(req));
+            Inner::identify(slot, P::node(req), &n);
+            n
+        });
+        let (out, nacked) = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if first && mcp_export_for(&inner.config, P::node(req)) == Export::NativeOnly {
+                st.set_native_only(true);
+            }
+            let nacks_before = st.nacks();
+            let out = inner.with_view(namespace, |v| st.on_request(req, v));
+            (out, st.nacks() > nacks_before)
+        };
+        if nacked {
+            let ty = ResourceType::from_url(P::type_url(req)).map_or("?", ResourceType::short);
+            inner
+                .metrics
+                .nacks
+                .get_or_create(&TypeLabel { r#type: ty })
+                .inc();
+            tracing::warn!(stream = self.id, r#type = ty, error = ?P::error_message(req), "xDS NACK");
+        }
+        match out {
+            Ok(responses) => {
+                for r in &responses {
+                    inner.count_push(P::response_type_url(r), None);
+                }
+                self.pending = responses.into_iter();
+            }
+            Err(e) => {
+                inner.metrics.rejected.inc();
+                self.error = Some(protocol_status(e));
+            }
+        }
+    }
+
+    fn on_change(&mut self) {
+        // Not identified yet: its first request gets the current state.
+        let Some(namespace) = &self.ns else { return };
+        let g = *self.generations.borrow_and_update();
+        tracing::trace!(
+            stream = self.id,
+            revision = g.revision,
+            "pushing a generation"
+        );
+        let responses = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner.with_view(namespace, |v| st.on_change(v))
+        };
+        for r in &responses {
+            self.inner.count_push(P::response_type_url(r), Some(&g));
+        }
+        self.pending = responses.into_iter();
+    }
+}
+
+/// What woke a stream.
+enum Event<R> {
+    /// The client's next request.
+    Request(R),
+    /// A new generation.
+    Generation,
+    /// The client half-closed or reset, or the node shuts down.
+    End,
+}
+
+impl<P: Protocol> Drop for AdsStream<P> {
+    fn drop(&mut self) {
+        self.inner.close(self.id, P::VARIANT);
+    }
+}
