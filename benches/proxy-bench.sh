@@ -10,12 +10,15 @@
 # request is a keep-alive POST of 1 KiB answered with 1 KiB, 16 connections.
 #
 # Needs: nginx (Debian), oha (cargo install oha); scripts/install-bench-deps.sh
-# installs both. Usage: benches/proxy-bench.sh [duration_secs]
+# installs both. Usage: [ROUNDS=3] [RATE=1000] benches/proxy-bench.sh [duration_secs]
+# The constant-rate and saturation runs alternate the targets ROUNDS times
+# and report the medians: single runs on this 2-core machine vary by ~10 %.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-20}
 RATE=${RATE:-1000}
 CONNS=${CONNS:-16}
+ROUNDS=${ROUNDS:-3}
 command -v oha >/dev/null || { echo "oha not found: scripts/install-bench-deps.sh" >&2; exit 1; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx not found: scripts/install-bench-deps.sh" >&2; exit 1; }
@@ -75,7 +78,7 @@ oha_run() { # label port host extra-args...
     -H "Host: $host" "$@" "http://127.0.0.1:$port/" > "$WORK/$label.json"
   local t1; t1=$(cpu_ticks "$pid")
   [ "$port" = "$UP" ] && t1=$t0
-  python3 - "$WORK/$label.json" "$label" "$(( t1 - t0 ))" "$DUR" <<'EOF'
+  python3 - "$WORK/$label.json" "$label" "$(( t1 - t0 ))" "$DUR" "$WORK/results" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1])); label = sys.argv[2]
 s = d["summary"]; p = d["latencyPercentiles"]
@@ -83,6 +86,8 @@ codes = d.get("statusCodeDistribution", {})
 errs = sum(d.get("errorDistribution", {}).values())
 cpu = int(sys.argv[3]) / 100 / float(sys.argv[4])
 per_core = f"{s['requestsPerSec'] / cpu:8.0f}" if cpu > 0 else "       -"
+open(sys.argv[5], "a").write(f"{label.rsplit('#', 1)[0]} {s['requestsPerSec']:.0f} "
+                             f"{s['requestsPerSec'] / cpu if cpu > 0 else 0:.0f} {p['p50']*1000:.4f} {p['p99']*1000:.4f}\n")
 print(f"{label:20s} rps={s['requestsPerSec']:7.0f} p50={p['p50']*1000:6.3f}ms p99={p['p99']*1000:6.3f}ms "
       f"p99.9={p['p99.9']*1000:6.3f}ms proxy-cpu={cpu:4.2f} rps/core={per_core} codes={codes} errors={dict(d.get('errorDistribution', {}))}")
 EOF
@@ -90,13 +95,33 @@ EOF
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "--- warm-up"; oha_run warmup $OUT up -q "$RATE" >/dev/null
 echo "--- constant rate $RATE rps, latency correction, $CONNS connections, ${DUR}s"
-oha_run direct-rate $UP up -q "$RATE" --latency-correction
-oha_run meshreg-proxy-rate $OUT up -q "$RATE" --latency-correction
-oha_run nginx-rate $NGX up -q "$RATE" --latency-correction
-echo "--- saturation, $CONNS connections, ${DUR}s (proxy alone on core 1)"
+for r in $(seq "$ROUNDS"); do
+  oha_run "direct-rate#$r" $UP up -q "$RATE" --latency-correction
+  oha_run "meshreg-proxy-rate#$r" $OUT up -q "$RATE" --latency-correction
+  oha_run "nginx-rate#$r" $NGX up -q "$RATE" --latency-correction
+done
+python3 - "$WORK/results" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+med = lambda label, i: statistics.median(float(r[i]) for r in rows if r[0] == label)
+for label in ("meshreg-proxy-rate", "nginx-rate"):
+    print(f"median of rounds, {label}: added p50 {med(label, 3) - med('direct-rate', 3):+.3f} ms, "
+          f"added p99 {med(label, 4) - med('direct-rate', 4):+.3f} ms")
+EOF
+echo "--- saturation, $CONNS connections, ${DUR}s (proxy alone on core 1), $ROUNDS rounds interleaved"
 oha_run direct-max $UP up
-oha_run meshreg-proxy-max $OUT up
-oha_run nginx-max $NGX up
+for r in $(seq "$ROUNDS"); do
+  oha_run "meshreg-proxy-max#$r" $OUT up
+  oha_run "nginx-max#$r" $NGX up
+done
+python3 - "$WORK/results" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+med = lambda label, i: statistics.median(float(r[i]) for r in rows if r[0] == label)
+m, n = "meshreg-proxy-max", "nginx-max"
+print(f"median of rounds: rps {med(m, 1):.0f} vs {med(n, 1):.0f} ({med(m, 1) / med(n, 1):.2f}x); "
+      f"rps per core {med(m, 2):.0f} vs {med(n, 2):.0f} ({med(m, 2) / med(n, 2):.2f}x nginx)")
+EOF
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 echo "--- memory"

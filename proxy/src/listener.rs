@@ -312,8 +312,9 @@ async fn handle_conn(
     if is_http {
         let Some(http) = cfg.http else { return };
         let route: Arc<str> = Arc::from(http.route_name.as_str());
+        let peer = crate::http::Peer::new(remote);
         let svc = service_fn(move |req| {
-            crate::http::handle(Arc::clone(&proxy), Arc::clone(&route), remote, req)
+            crate::http::handle(Arc::clone(&proxy), Arc::clone(&route), peer.clone(), req)
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
