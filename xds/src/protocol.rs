@@ -15,6 +15,7 @@
 //! - A request whose `response_nonce` is not the last one sent for its type
 //!   is stale: its ACK/NACK is ignored (its subscription still counts).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -107,12 +108,15 @@ impl Sub {
         v
     }
 
-    fn targets(&self, ty: ResourceType, view: &mut dyn View) -> BTreeSet<String> {
-        let mut t = self.names.clone();
-        if self.wildcard {
-            t.extend(view.all(ty).iter().cloned());
+    /// The names this subscription covers: its explicit names, plus every
+    /// name of the type for a wildcard. Borrowed unless wildcard.
+    fn targets(&self, ty: ResourceType, view: &mut dyn View) -> Cow<'_, BTreeSet<String>> {
+        if !self.wildcard {
+            return Cow::Borrowed(&self.names);
         }
-        t
+        let mut t = self.names.clone();
+        t.extend(view.all(ty).iter().cloned());
+        Cow::Owned(t)
     }
 }
 
@@ -184,19 +188,40 @@ impl Routing {
     }
 }
 
-fn status_of(nacks: &mut u64, sub: &mut Sub, nonce: &str, version: &str, error: Option<&str>) {
+/// Records an ACK or NACK of `sub`'s last response (a stale `nonce` is
+/// ignored). `version` is what an ACK acknowledges; `None` for the version
+/// last sent (delta requests carry none).
+fn status_of(
+    nacks: &mut u64,
+    sub: &mut Sub,
+    nonce: &str,
+    version: Option<&str>,
+    error: Option<&str>,
+) {
     if sub.nonce.as_deref() != Some(nonce) {
         return; // stale
     }
-    match error {
-        Some(msg) => {
+    match (error, version) {
+        (Some(msg), _) => {
             *nacks += 1;
             sub.status.last_nack = Some((
                 sub.status.sent_version.clone().unwrap_or_default(),
                 msg.to_string(),
             ));
         }
-        None => sub.status.acked_version = Some(version.to_string()),
+        // An ACK per push on every stream: the strings' allocations are
+        // reused.
+        (None, Some(v)) => match &mut sub.status.acked_version {
+            Some(acked) => {
+                acked.clear();
+                acked.push_str(v);
+            }
+            none => *none = Some(v.to_string()),
+        },
+        (None, None) => sub
+            .status
+            .acked_version
+            .clone_from(&sub.status.sent_version),
     }
 }
 
@@ -267,7 +292,7 @@ impl SotwStream {
                 &mut self.nacks,
                 &mut s.sub,
                 &req.response_nonce,
-                &req.version_info,
+                Some(&req.version_info),
                 error,
             );
             if was_nack && s.sub.nonce.as_deref() == Some(req.response_nonce.as_str()) {
@@ -283,9 +308,11 @@ impl SotwStream {
         let wildcard = req.resource_names.iter().any(|n| n == "*")
             || (ty.is_sotw_complete() && req.resource_names.is_empty());
         let changed = names != s.sub.names || wildcard != s.sub.wildcard;
-        s.sub.names = names;
-        s.sub.wildcard = wildcard;
-        s.sub.status.subscribed = s.sub.subscribed();
+        if changed || first {
+            s.sub.names = names;
+            s.sub.wildcard = wildcard;
+            s.sub.status.subscribed = s.sub.subscribed();
+        }
         // A new stream always gets an answer (also when its first request
         // carries a nonce from another server); a subscription change gets
         // one for the complete types so absent names are reported.
@@ -429,12 +456,11 @@ impl DeltaStream {
         }
         if !req.response_nonce.is_empty() {
             let error = req.error_detail.as_ref().map(|e| e.message.as_str());
-            let version = d.sub.status.sent_version.clone().unwrap_or_default();
             status_of(
                 &mut self.nacks,
                 &mut d.sub,
                 &req.response_nonce,
-                &version,
+                None,
                 error,
             );
         }
@@ -463,9 +489,9 @@ impl DeltaStream {
             let targets = d.sub.targets(ty, view);
             d.has.retain(|n, _| targets.contains(n));
         }
-        d.sub.status.subscribed = d.sub.subscribed();
         let mut out = Vec::new();
         if changed {
+            d.sub.status.subscribed = d.sub.subscribed();
             if let Some(r) = self.respond(ty, view) {
                 out.push(r);
             }
@@ -504,12 +530,23 @@ impl DeltaStream {
         let targets = d.sub.targets(ty, view);
         let mut resources = Vec::new();
         let mut removed = Vec::new();
-        for name in &targets {
+        for name in targets.iter() {
             match view.get(ty, name) {
                 Some(b) => {
                     d.told_absent.remove(name);
-                    if d.has.get(name) != Some(&b.version) {
-                        d.has.insert(name.clone(), b.version.clone());
+                    let fresh = match d.has.get_mut(name) {
+                        Some(v) if *v == b.version => false,
+                        // Reuses the version string's allocation.
+                        Some(v) => {
+                            v.clone_from(&b.version);
+                            true
+                        }
+                        None => {
+                            d.has.insert(name.clone(), b.version.clone());
+                            true
+                        }
+                    };
+                    if fresh {
                         resources.push(ds::Resource {
                             name: b.name.clone(),
                             version: b.version.clone(),
