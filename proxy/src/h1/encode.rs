@@ -1,0 +1,103 @@
+//! Request heads and chunked-body framing on the wire (RFC 9112).
+
+use super::*;
+
+/// Encodes the request line and header fields (RFC 9112 §3, §5).
+pub(super) fn encode_head(
+    buf: &mut Vec<u8>,
+    head: &RequestHead<'_>,
+    authority: &str,
+    framing: ReqFraming,
+) {
+    buf.extend_from_slice(head.method.as_str().as_bytes());
+    buf.push(b' ');
+    if head.path_and_query.is_empty() {
+        buf.push(b'/');
+    } else {
+        buf.extend_from_slice(head.path_and_query.as_bytes());
+    }
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = false;
+    for (name, value) in head.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || head.overrides.iter().any(|(n, _)| n == name)
+        {
+            continue;
+        }
+        host |= name == header::HOST;
+        push_field(buf, name, value);
+    }
+    for (name, value) in head.overrides {
+        host |= name == header::HOST;
+        push_field(buf, name, value);
+    }
+    if !host {
+        buf.extend_from_slice(b"host: ");
+        buf.extend_from_slice(authority.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ReqFraming::None => {}
+        ReqFraming::Length(n) => {
+            buf.extend_from_slice(b"content-length: ");
+            push_dec(buf, n);
+            buf.extend_from_slice(b"\r\n");
+        }
+        ReqFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// The trailer fields the request's `trailer` field declares (RFC 9110
+/// §6.6.2), as hyper sends them.
+pub(super) fn encode_trailers(buf: &mut Vec<u8>, headers: &HeaderMap, trailers: &HeaderMap) {
+    for declared in headers.get_all(header::TRAILER) {
+        let Ok(list) = declared.to_str() else {
+            continue;
+        };
+        for name in list.split(',').map(str::trim) {
+            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            for value in trailers.get_all(&name) {
+                push_field(buf, &name, value);
+            }
+        }
+    }
+}
+
+pub(super) fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+}
+
+pub(super) fn push_dec(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+pub(super) fn push_hex(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}

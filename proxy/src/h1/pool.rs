@@ -1,0 +1,190 @@
+//! The per-endpoint pool of idle upstream connections, and one connection
+//! with its buffers.
+
+use super::*;
+
+/// One upstream endpoint as the HTTP/1.1 client sees it: where to dial and
+/// its idle connections. Lives in [`crate::runtime::EndpointState`], so the
+/// pool survives configuration updates that keep the endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub(super) authority: String,
+    pub(super) addr: Option<SocketAddr>,
+    pub(super) idle: Mutex<IdleList<Conn>>,
+}
+
+impl Endpoint {
+    /// An endpoint dialled at `authority` (`host:port`, `[v6]:port`): an IP
+    /// literal is parsed here, once; a DNS name is resolved per new
+    /// connection.
+    pub fn new(authority: &str) -> Endpoint {
+        Endpoint {
+            authority: authority.to_string(),
+            addr: authority.parse().ok(),
+            idle: Mutex::new(IdleList::default()),
+        }
+    }
+
+    /// The socket address, when the authority is an IP literal.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Idle pooled connections now (expired ones included until met).
+    pub fn idle(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, IdleList<Conn>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest idle connection that is neither expired nor readable
+    /// (see the module doc, rule 1).
+    pub(super) fn checkout(&self) -> Option<Conn> {
+        let now = Instant::now();
+        loop {
+            // The guard is a temporary: the lock is not held while checking.
+            let conn = self.lock().pop(now)?;
+            if conn.is_quiet() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Puts a connection back (closes it when the pool is full).
+    pub(super) fn put(&self, mut conn: Conn) {
+        if conn.wbuf.capacity() > MAX_POOLED_WBUF {
+            conn.wbuf = Vec::new();
+        }
+        let rejected = self.lock().push(conn, Instant::now());
+        drop(rejected);
+    }
+
+    pub(super) async fn connect(&self, timeout: Duration) -> Result<Conn, Error> {
+        let io = tokio::time::timeout(timeout, self.dial())
+            .await
+            .map_err(|_| Error::ConnectTimeout(timeout))??;
+        io.set_nodelay(true).map_err(Error::Connect)?;
+        Ok(Conn {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+        })
+    }
+
+    pub(super) async fn dial(&self) -> Result<TcpStream, Error> {
+        if let Some(a) = self.addr {
+            return TcpStream::connect(a).await.map_err(Error::Connect);
+        }
+        let addrs = tokio::net::lookup_host(self.authority.as_str())
+            .await
+            .map_err(Error::Resolve)?;
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => Error::Connect(e),
+            None => Error::Resolve(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the name has no address",
+            )),
+        })
+    }
+}
+
+/// Idle items with the time they were put back, newest last (LIFO).
+#[derive(Debug)]
+pub(super) struct IdleList<T> {
+    pub(super) items: Vec<(T, Instant)>,
+}
+
+impl<T> Default for IdleList<T> {
+    fn default() -> Self {
+        IdleList { items: Vec::new() }
+    }
+}
+
+impl<T> IdleList<T> {
+    /// The newest item idle for less than [`IDLE_TIMEOUT`] at `now`. When
+    /// the newest has expired, all have: they are all dropped.
+    pub(super) fn pop(&mut self, now: Instant) -> Option<T> {
+        let (item, since) = self.items.pop()?;
+        if now.saturating_duration_since(since) < IDLE_TIMEOUT {
+            return Some(item);
+        }
+        // Rare (a pool left idle for a minute); closing sockets is cheap.
+        self.items.clear();
+        None
+    }
+
+    /// Puts an item back at `now`, first dropping expired items if the
+    /// oldest has expired; returns it when the list is full.
+    pub(super) fn push(&mut self, item: T, now: Instant) -> Option<T> {
+        if self
+            .items
+            .first()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= IDLE_TIMEOUT)
+        {
+            self.items
+                .retain(|(_, since)| now.saturating_duration_since(*since) < IDLE_TIMEOUT);
+        }
+        if self.items.len() >= MAX_IDLE_PER_ENDPOINT {
+            return Some(item);
+        }
+        self.items.push((item, now));
+        None
+    }
+}
+
+/// One upstream connection and its buffers (kept across requests so they
+/// are not reallocated).
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) io: TcpStream,
+    /// Bytes read and not yet consumed.
+    pub(super) rbuf: BytesMut,
+    /// The request being written.
+    pub(super) wbuf: Vec<u8>,
+}
+
+impl Conn {
+    /// Whether an idle connection has nothing to read (no EOF, no reset,
+    /// no unsolicited bytes).
+    pub(super) fn is_quiet(&self) -> bool {
+        let mut b = [0u8; 8];
+        matches!(self.io.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads what is available into `rbuf`; `Ok(0)` is EOF.
+    pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPACE {
+            self.rbuf.reserve(READ_RESERVE);
+        }
+        loop {
+            match self.io.try_read_buf(&mut self.rbuf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_read_ready(cx))?;
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    pub(super) async fn read(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read(cx)).await
+    }
+
+    /// Writes `wbuf` out and clears it.
+    pub(super) async fn flush(&mut self) -> Result<(), Error> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await.map_err(Error::Write)?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+}
