@@ -20,10 +20,13 @@
 //!    new address. Changes are `--gap-ms` apart, longer than the debounce,
 //!    so each is pushed on its own.
 //!
-//! Prints one JSON line for the connect phase (with the memory figures)
-//! and one per change. Latencies are measured in this process, which
-//! shares the machine with the server: the client's own scheduling delay
-//! (handling 10,000 responses on a loaded core) is part of the figures.
+//! Prints one JSON line for the connect phase (with the memory figures),
+//! one per change, and a last one with the CPU time the server and this
+//! process spent per stream per change (over all the changes, from
+//! `/proc/<pid>/task/*/schedstat`). Latencies are measured in this
+//! process, which shares the machine with the server: the client's own
+//! scheduling delay (handling 10,000 responses on a loaded core) is part
+//! of the figures.
 //! To keep that share small, a response is not decoded whole: each
 //! resource's `cluster_name` is read (every other field skipped) and the
 //! change addresses are looked for as their encoded `SocketAddress.address`
@@ -318,6 +321,21 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU time of all threads of a process (`/proc/<pid>/task/*/schedstat`,
+/// first field, ns). Threads that exit in between are not counted.
+fn cpu_ns(pid: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -410,7 +428,9 @@ async fn main() -> anyhow::Result<()> {
         errors,
     );
 
-    // Time each change.
+    // Time each change; CPU time of both sides over the changes.
+    let server_cpu = |pid: Option<u32>| pid.map(|p| cpu_ns(&p.to_string())).transpose();
+    let cpu_before = (server_cpu(a.server_pid)?, cpu_ns("self")?);
     let mut late = 0usize;
     for k in 0..a.changes {
         tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
@@ -458,8 +478,19 @@ async fn main() -> anyhow::Result<()> {
             ms(max),
         );
     }
+    // µs of CPU per stream per change: pushing and handling the ACK on the
+    // server; receiving and ACKing in this process.
+    let per = |before: u64, after: u64| {
+        let exchanges = (a.changes * connected.saturating_sub(ended)).max(1);
+        format!("{:.1}", after.saturating_sub(before) as f64 / 1000.0 / exchanges as f64)
+    };
+    let server_us = match (cpu_before.0, server_cpu(a.server_pid)?) {
+        (Some(b), Some(e)) => per(b, e),
+        _ => "null".into(),
+    };
+    let loader_us = per(cpu_before.1, cpu_ns("self")?);
     println!(
-        "{{\"phase\":\"done\",\"variant\":\"{variant}\",\"ended\":{ended},\"late_events\":{late},\"errors\":{errors:?}}}"
+        "{{\"phase\":\"done\",\"variant\":\"{variant}\",\"ended\":{ended},\"late_events\":{late},\"server_cpu_us_per_stream_change\":{server_us},\"loader_cpu_us_per_stream_change\":{loader_us},\"errors\":{errors:?}}}"
     );
     Ok(())
 }
