@@ -222,6 +222,7 @@ pub async fn run(bootstrap: Bootstrap) -> anyhow::Result<()> {
     );
     tokio::spawn(admin::serve(Arc::clone(&proxy), admin));
     tokio::spawn(ads::run(Arc::clone(&proxy)));
+    tokio::spawn(sweep_idle_connections(Arc::clone(&proxy)));
     let manager = tokio::spawn(listener::manage(Arc::clone(&proxy)));
     let mut drain = proxy.drain_signal();
     tokio::select! {
@@ -232,6 +233,21 @@ pub async fn run(bootstrap: Bootstrap) -> anyhow::Result<()> {
     let _ = manager.await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Every quarter of [`h1::IDLE_TIMEOUT`], closes the pooled upstream
+/// connections that expired or that the upstream closed, so they do not
+/// linger until their endpoint is used again.
+async fn sweep_idle_connections(proxy: Arc<Proxy>) {
+    let mut tick = tokio::time::interval(h1::IDLE_TIMEOUT / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let closed = proxy.runtime().sweep_pools();
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle upstream connections");
+        }
+    }
 }
 
 /// Resolves once the watched flag is true (never, if the sender is gone).

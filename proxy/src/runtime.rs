@@ -600,6 +600,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Closes the expired and upstream-closed idle HTTP/1.1 connections of
+    /// every endpoint ([`crate::h1::Endpoint::sweep`]); returns how many.
+    pub fn sweep_pools(&self) -> usize {
+        self.clusters
+            .values()
+            .flat_map(|c| &c.hosts)
+            .map(|h| h.state.h1.sweep())
+            .sum()
+    }
+
     /// Builds the runtime from the accepted resources, reusing the state of
     /// `old`'s clusters and endpoints.
     pub fn build(res: &Resources, old: &Runtime, local: &(String, String, String)) -> Runtime {

@@ -52,6 +52,29 @@ impl Endpoint {
         }
     }
 
+    /// Closes the idle connections that have expired or that the upstream
+    /// has closed (or written to unasked); returns how many. Run for every
+    /// endpoint by [`crate::runtime::Runtime::sweep_pools`] every quarter of
+    /// [`IDLE_TIMEOUT`], so sockets of an
+    /// endpoint no longer used do not linger until it is.
+    pub fn sweep(&self) -> usize {
+        // Checked outside the lock (a system call each); what is put back
+        // meanwhile is newer, so it stays on top.
+        let mut idle = IdleList {
+            items: std::mem::take(&mut self.lock().items),
+        };
+        let before = idle.items.len();
+        idle.expire(Instant::now());
+        idle.items.retain(|(conn, _)| conn.is_quiet());
+        let closed = before - idle.items.len();
+        let mut list = self.lock();
+        idle.items.append(&mut list.items);
+        let excess = idle.items.len().saturating_sub(MAX_IDLE_PER_ENDPOINT);
+        idle.items.drain(..excess);
+        list.items = idle.items;
+        closed
+    }
+
     /// Puts a connection back (closes it when the pool is full).
     pub(super) fn put(&self, mut conn: Conn) {
         if conn.wbuf.capacity() > MAX_POOLED_WBUF {
@@ -122,9 +145,8 @@ impl<T> IdleList<T> {
         None
     }
 
-    /// Puts an item back at `now`, first dropping expired items if the
-    /// oldest has expired; returns it when the list is full.
-    pub(super) fn push(&mut self, item: T, now: Instant) -> Option<T> {
+    /// Drops the items idle for [`IDLE_TIMEOUT`] or longer at `now`.
+    pub(super) fn expire(&mut self, now: Instant) {
         if self
             .items
             .first()
@@ -133,6 +155,12 @@ impl<T> IdleList<T> {
             self.items
                 .retain(|(_, since)| now.saturating_duration_since(*since) < IDLE_TIMEOUT);
         }
+    }
+
+    /// Puts an item back at `now`, first dropping expired items if the
+    /// oldest has expired; returns it when the list is full.
+    pub(super) fn push(&mut self, item: T, now: Instant) -> Option<T> {
+        self.expire(now);
         if self.items.len() >= MAX_IDLE_PER_ENDPOINT {
             return Some(item);
         }

@@ -586,6 +586,49 @@ async fn closes_after_one() -> Upstream {
     .await
 }
 
+/// Answers `ok` to every request; the first connection is closed after
+/// one exchange, the others stay open.
+async fn first_closes_after_one() -> Upstream {
+    upstream(|mut p| async move {
+        while p.request().await.is_some() {
+            p.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            if p.index == 0 {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_sweep_closes_idle_connections_the_upstream_closed_and_keeps_live_ones() {
+    // The first connection is closed by the upstream after one exchange;
+    // the second stays open.
+    let up = first_closes_after_one().await;
+    // Two requests at once: two connections, both pooled afterwards.
+    let (a, b) = tokio::join!(get(&up.ep, "/"), get(&up.ep, "/"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(text(a).await + &text(b).await, "okok");
+    assert_eq!(up.accepts(), 2);
+    assert_eq!(up.ep.idle(), 2);
+    // Until the FIN arrives, both look alive.
+    let mut closed = 0;
+    for _ in 0..100 {
+        closed += up.ep.sweep();
+        if closed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(closed, 1, "the upstream-closed connection was swept");
+    assert_eq!(up.ep.idle(), 1);
+    assert_eq!(up.ep.sweep(), 0, "a live connection is kept");
+    // The kept one is the live one: it serves without a new connection.
+    assert_eq!(text(get(&up.ep, "/").await.unwrap()).await, "ok");
+    assert_eq!(up.accepts(), 2);
+}
+
 #[tokio::test]
 async fn a_replayable_request_on_a_connection_the_upstream_closed_is_resent_once() {
     let up = closes_after_one().await;
@@ -616,16 +659,7 @@ async fn a_streamed_request_is_never_resent_but_a_closed_idle_connection_is_skip
 
     // The close came first: the pooled connection is readable (EOF) and
     // is skipped for a new one.
-    let up = upstream(|mut p| async move {
-        while p.request().await.is_some() {
-            p.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await;
-            if p.index == 0 {
-                return;
-            }
-        }
-    })
-    .await;
+    let up = first_closes_after_one().await;
     assert_eq!(text(get(&up.ep, "/").await.unwrap()).await, "ok");
     // Wait until this side has seen the upstream's FIN.
     let (conn, since) = up.ep.lock().items.pop().unwrap();
