@@ -319,6 +319,11 @@ async fn stats(State(p): State<Arc<Proxy>>) -> Response {
             |s| s.cx_no_chain.load(Relaxed),
         ),
         (
+            "meshreg_proxy_downstream_cx_detect_timeout_total",
+            "counter",
+            |s| s.cx_detect_timeout.load(Relaxed),
+        ),
+        (
             "meshreg_proxy_tcp_upstream_connect_fail_total",
             "counter",
             |s| s.tcp_upstream_fail.load(Relaxed),

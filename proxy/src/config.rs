@@ -81,7 +81,23 @@ pub struct ListenerCfg {
     /// one. Its endpoints are dialled at their application port
     /// ([`HostCfg::app_authority`]), never their sidecar's.
     pub tcp_cluster: Option<String>,
+    /// With both an HTTP and a TCP chain: how long to wait for a
+    /// connection's first bytes to tell HTTP from anything else
+    /// (`listener_filters_timeout`; unset: [`DEFAULT_DETECT_TIMEOUT`]; zero:
+    /// no limit, as in Envoy). `None` is no limit.
+    pub detect_timeout: Option<Duration>,
+    /// Whether a connection whose first bytes did not come in time goes to
+    /// the TCP chain (`continue_on_listener_filters_timeout`, what a
+    /// server-first protocol such as MySQL needs) rather than being closed;
+    /// true when `listener_filters_timeout` is unset.
+    pub detect_continue: bool,
 }
+
+/// Protocol detection wait when the Listener does not set
+/// `listener_filters_timeout`, after which the connection goes to the TCP
+/// chain (Envoy's 15 s and close would stall, then fail, every client of a
+/// server-first protocol).
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What an HttpConnectionManager chain says.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,11 +162,28 @@ pub fn compile_listener(l: &listener::Listener) -> Result<ListenerCfg, String> {
             l.name, sa.address
         )
     })?;
+    let detect_timeout = match &l.listener_filters_timeout {
+        None => Some(DEFAULT_DETECT_TIMEOUT),
+        Some(d) => match dur(Some(d)) {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+            None => {
+                return Err(format!(
+                    "listener {:?}: listener_filters_timeout must not be negative",
+                    l.name
+                ))
+            }
+        },
+    };
     let mut out = ListenerCfg {
         name: l.name.clone(),
         addr: std::net::SocketAddr::new(ip, port),
         http: None,
         tcp_cluster: None,
+        detect_timeout,
+        // Unset, both take meshreg's defaults (what its own listeners set).
+        detect_continue: l.listener_filters_timeout.is_none()
+            || l.continue_on_listener_filters_timeout,
     };
     let chains = l.filter_chains.iter().chain(l.default_filter_chain.iter());
     for (ci, chain) in chains.enumerate() {

@@ -50,6 +50,10 @@ pub struct ListenerStats {
     pub cx_no_chain: AtomicU64,
     /// TCP proxy connections whose upstream could not be reached.
     pub tcp_upstream_fail: AtomicU64,
+    /// Connections closed because their first bytes did not tell HTTP
+    /// from TCP within the listener's detection timeout (with
+    /// `continue_on_listener_filters_timeout` false).
+    pub cx_detect_timeout: AtomicU64,
 }
 
 struct Running {
@@ -306,7 +310,16 @@ async fn handle_conn(
     let is_http = match (&cfg.http, &cfg.tcp_cluster) {
         (Some(_), None) => true,
         (None, Some(_)) => false,
-        (Some(_), Some(_)) => looks_like_http(&stream).await,
+        (Some(_), Some(_)) => match detect(&stream, cfg.detect_timeout).await {
+            Detected::Http => true,
+            Detected::Other => false,
+            Detected::TimedOut if cfg.detect_continue => false,
+            Detected::TimedOut => {
+                tracing::debug!(%remote, "protocol detection timed out; closing the connection");
+                stats.cx_detect_timeout.fetch_add(1, Relaxed);
+                return;
+            }
+        },
         (None, None) => false,
     };
     if is_http {
@@ -331,11 +344,23 @@ async fn handle_conn(
     }
 }
 
-/// Peeks (up to 100 ms) at the first bytes: an HTTP/1.x method token
-/// followed by a space, or the HTTP/2 preface.
-async fn looks_like_http(stream: &TcpStream) -> bool {
+/// What a connection's first bytes say.
+#[derive(Debug, PartialEq, Eq)]
+enum Detected {
+    /// An HTTP/1.x request line or the HTTP/2 preface.
+    Http,
+    /// Anything else, or the client closed first.
+    Other,
+    /// Too few bytes came within the timeout to tell.
+    TimedOut,
+}
+
+/// Peeks at the first bytes, within `timeout` (`None`: no limit), until
+/// there are enough to tell: an HTTP/1.x method token followed by a
+/// space, or 8 bytes.
+async fn detect(stream: &TcpStream, timeout: Option<Duration>) -> Detected {
     let mut buf = [0u8; 16];
-    let peek = tokio::time::timeout(Duration::from_millis(100), async {
+    let peek = async {
         loop {
             match stream.peek(&mut buf).await {
                 Ok(0) | Err(_) => return 0,
@@ -343,10 +368,19 @@ async fn looks_like_http(stream: &TcpStream) -> bool {
                 Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
-    })
-    .await
-    .unwrap_or(0);
-    is_http_prefix(&buf[..peek])
+    };
+    let n = match timeout {
+        Some(t) => match tokio::time::timeout(t, peek).await {
+            Ok(n) => n,
+            Err(_) => return Detected::TimedOut,
+        },
+        None => peek.await,
+    };
+    if is_http_prefix(&buf[..n]) {
+        Detected::Http
+    } else {
+        Detected::Other
+    }
 }
 
 /// Whether bytes start like an HTTP/1.x request or the HTTP/2 preface.
@@ -433,4 +467,41 @@ async fn tcp_proxy(
         }
     }
     stats.tcp_upstream_fail.fetch_add(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: the client side, and the accepted side.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn detection_tells_http_from_other_bytes_and_times_out_on_silence() {
+        let short = Some(Duration::from_millis(50));
+        for (first, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Detected::Http),
+            (b"PRI * HTTP/2.0\r\n", Detected::Http),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01", Detected::Other),
+        ] {
+            let (mut client, server) = pair().await;
+            client.write_all(first).await.unwrap();
+            assert_eq!(detect(&server, short).await, want, "{first:?}");
+        }
+        // A server-first protocol: the client waits for the server.
+        let (_client, server) = pair().await;
+        assert_eq!(detect(&server, short).await, Detected::TimedOut);
+        // Without a limit, the wait lasts until bytes come or the client
+        // closes.
+        let (client, server) = pair().await;
+        drop(client);
+        assert_eq!(detect(&server, None).await, Detected::Other);
+    }
 }

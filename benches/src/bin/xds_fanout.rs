@@ -482,7 +482,10 @@ async fn main() -> anyhow::Result<()> {
     // server; receiving and ACKing in this process.
     let per = |before: u64, after: u64| {
         let exchanges = (a.changes * connected.saturating_sub(ended)).max(1);
-        format!("{:.1}", after.saturating_sub(before) as f64 / 1000.0 / exchanges as f64)
+        format!(
+            "{:.1}",
+            after.saturating_sub(before) as f64 / 1000.0 / exchanges as f64
+        )
     };
     let server_us = match (cpu_before.0, server_cpu(a.server_pid)?) {
         (Some(b), Some(e)) => per(b, e),

@@ -325,6 +325,31 @@ fn listeners_with_http_and_tcp_chains_detect_the_protocol() {
     };
     assert_eq!(f.clusters, [("outbound|3306||db.default".to_string(), 1)]);
 
+    // Detection: 100 ms then TCP by default; the Listener's
+    // listener_filters_timeout (0: no limit) and
+    // continue_on_listener_filters_timeout when set.
+    assert_eq!(c.detect_timeout, Some(DEFAULT_DETECT_TIMEOUT));
+    assert!(c.detect_continue);
+    let pb_dur =
+        |seconds: i64, nanos: i32| envoy_types::pb::google::protobuf::Duration { seconds, nanos };
+    l.listener_filters_timeout = Some(pb_dur(0, 250_000_000));
+    l.continue_on_listener_filters_timeout = true;
+    let c = compile_listener(&l).unwrap();
+    assert_eq!(c.detect_timeout, Some(Duration::from_millis(250)));
+    assert!(c.detect_continue);
+    l.listener_filters_timeout = Some(pb_dur(0, 0));
+    l.continue_on_listener_filters_timeout = false;
+    let c = compile_listener(&l).unwrap();
+    assert_eq!(c.detect_timeout, None);
+    assert!(!c.detect_continue);
+    l.listener_filters_timeout = Some(pb_dur(-1, 0));
+    let err = compile_listener(&l).unwrap_err();
+    assert!(
+        err.contains("listener_filters_timeout must not be negative"),
+        "{err}"
+    );
+    l.listener_filters_timeout = None;
+
     // A TcpProxy without a cluster is rejected, naming where it is.
     l.filter_chains[1] = chain("tcp", TCP_PROXY_TYPE, tcp("").encode_to_vec());
     let err = compile_listener(&l).unwrap_err();
