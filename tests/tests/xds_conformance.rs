@@ -473,6 +473,31 @@ async fn bad_requests_end_only_their_own_stream() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("not.a.Type"), "{}", err.message());
 
+    // A method the ADS service does not have: UNIMPLEMENTED.
+    let channel = tonic::transport::Endpoint::from_shared(s.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary::<_, ds::DiscoveryResponse, _>(
+            tonic::Request::new(ds::DiscoveryRequest::default()),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/FetchEverything",
+            ),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(
+        err.message().contains("FetchEverything"),
+        "{}",
+        err.message()
+    );
+
     // A request flood: RESOURCE_EXHAUSTED on that stream.
     let mut flood = Sotw::open(&s).await;
     let mut limited = None;

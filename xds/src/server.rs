@@ -11,18 +11,12 @@
 //! never a backlog; other streams never wait for it.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
-use envoy_types::pb::envoy::service::discovery::v3 as ds;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::google::protobuf::value::Kind;
-use futures_util::Stream;
 use meshreg_registry::node::Node;
 use meshreg_registry::state::Registry;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -32,9 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status, Streaming};
-
-use self::ads_stream::AdsStream;
+use tonic::Status;
 
 use crate::cache::{Changes, ResourceCache};
 use crate::config::XdsConfig;
@@ -42,6 +34,9 @@ use crate::mcp::Export;
 use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
 
 mod ads_stream;
+mod grpc;
+
+pub use self::grpc::{AdsCodec, AdsService, CODEC_BUFFER, MAX_REQUEST, MAX_RESPONSE};
 use crate::resources::ResourceType;
 
 /// A batch of changes made visible to the streams.
@@ -249,8 +244,6 @@ impl RateLimit {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 impl AdsServer {
     /// Starts the ADS server of `node`: registers its metrics and spawns
     /// the debouncer, which stops when the node shuts down.
@@ -307,11 +300,11 @@ impl AdsServer {
         Self { inner }
     }
 
-    /// The tonic service.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(4 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+    /// The gRPC service, for a tonic router.
+    pub fn service(&self) -> AdsService {
+        AdsService {
+            inner: self.inner.clone(),
+        }
     }
 
     /// Connected clients, like `istioctl proxy-status`.
@@ -492,31 +485,6 @@ async fn debounce(inner: Arc<Inner>) {
 
 fn protocol_status(e: ProtocolError) -> Status {
     Status::invalid_argument(e.to_string())
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<ds::DiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        req: Request<Streaming<ds::DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let stream = AdsStream::<SotwStream>::open(self.inner.clone(), req.into_inner(), peer);
-        Ok(Response::new(Box::pin(stream.into_stream())))
-    }
-
-    type DeltaAggregatedResourcesStream = BoxStream<ds::DeltaDiscoveryResponse>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        req: Request<Streaming<ds::DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let stream = AdsStream::<DeltaStream>::open(self.inner.clone(), req.into_inner(), peer);
-        Ok(Response::new(Box::pin(stream.into_stream())))
-    }
 }
 
 #[cfg(test)]
