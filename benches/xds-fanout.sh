@@ -55,10 +55,12 @@ wait_http() {
   return 1
 }
 
+n=0
 for run in $RUNS; do
+  n=$((n + 1))
   variant=${run%%:*}
   streams=${run##*:}
-  $(pin "$SERVER_CPUS") "$MESHREG" server --data-dir "$tmp/meshreg-$variant-$streams" \
+  $(pin "$SERVER_CPUS") "$MESHREG" server --data-dir "$tmp/meshreg-$n-$variant-$streams" \
     --http-addr "127.0.0.1:$PORT_BASE" --grpc-addr "127.0.0.1:$((PORT_BASE + 1))" \
     --raft-addr "127.0.0.1:$((PORT_BASE + 2))" --log warn >/dev/null 2>"$tmp/meshreg.log" &
   pid=$!
