@@ -452,6 +452,43 @@ async fn a_stuck_client_holds_back_only_itself_and_then_gets_the_latest_state() 
     assert_eq!(listed, 1, "a closed stream is still listed");
 }
 
+/// Sends each `Vec<u8>` as one gRPC message as it is (a client sending
+/// garbage); decodes delta responses.
+#[derive(Debug, Clone, Copy)]
+struct RawCodec;
+
+#[derive(Debug)]
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ds::DeltaDiscoveryResponse;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<ds::DeltaDiscoveryResponse>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_end_only_their_own_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -473,12 +510,35 @@ async fn bad_requests_end_only_their_own_stream() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("not.a.Type"), "{}", err.message());
 
-    // A method the ADS service does not have: UNIMPLEMENTED.
+    // A request that is not a DeltaDiscoveryRequest: that stream ends with
+    // INTERNAL naming the decode error (gRPC's code for a parse error).
     let channel = tonic::transport::Endpoint::from_shared(s.grpc.clone())
         .unwrap()
         .connect()
         .await
         .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let garbage = tokio_stream::iter([vec![0xff_u8, 0xff, 0xff, 0xff]]);
+    let mut st = grpc
+        .streaming(
+            tonic::Request::new(garbage),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+            ),
+            RawCodec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(5), st.message())
+        .await
+        .expect("an answer")
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert!(err.message().contains("decode"), "{}", err.message());
+
+    // A method the ADS service does not have: UNIMPLEMENTED.
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let err = grpc
@@ -536,10 +596,12 @@ async fn bad_requests_end_only_their_own_stream() {
     register(&s, "pay", "10.0.0.2");
     let r = good.expect().await;
     assert_eq!(endpoints(&r.resources[0]), 2);
+    // Unknown type, undecodable request, flood: three streams rejected
+    // (the 300 dropped ones are not).
     assert!(s
         .get("/metrics")
         .text
-        .contains("meshreg_xds_rejected_total 2"));
+        .contains("meshreg_xds_rejected_total 3"));
 }
 
 /// MCP-over-xDS as istiod consumes it: ServiceEntries wrapped in

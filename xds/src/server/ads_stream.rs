@@ -166,7 +166,8 @@ where
 
     /// The responses, as the stream tonic sends: it ends when the client
     /// half-closes or resets, the node shuts down, or after an error
-    /// status (a bad request, the request rate exceeded).
+    /// status (a request that does not decode, an unknown type, the
+    /// request rate exceeded).
     pub(super) fn into_stream(self) -> impl Stream<Item = Result<P::Response, Status>> + Send {
         futures_util::stream::unfold(self, |mut s| async move {
             let item = s.next().await?;
@@ -189,7 +190,8 @@ where
             let event = tokio::select! {
                 msg = self.incoming.message() => match msg {
                     Ok(Some(req)) => Event::Request(req),
-                    Ok(None) | Err(_) => Event::End,
+                    Ok(None) => Event::End,
+                    Err(status) => Event::Error(status),
                 },
                 changed = self.generations.changed() => match changed {
                     Ok(()) => Event::Generation,
@@ -201,6 +203,17 @@ where
                 Event::Request(req) => self.on_request(&req),
                 Event::Generation => self.on_change(),
                 Event::End => self.done = true,
+                Event::Error(status) => {
+                    // A request that does not decode (tonic's INTERNAL,
+                    // as gRPC specifies for a parse error, naming it) ends
+                    // this stream with that status; after a reset nobody
+                    // reads it.
+                    tracing::debug!(stream = self.id, error = %status.message(), "ADS request stream failed");
+                    if status.code() == tonic::Code::Internal {
+                        self.inner.metrics.rejected.inc();
+                    }
+                    self.error = Some(status);
+                }
             }
         }
     }
@@ -280,8 +293,11 @@ enum Event<R> {
     Request(R),
     /// A new generation.
     Generation,
-    /// The client half-closed or reset, or the node shuts down.
+    /// The client half-closed, or the node shuts down.
     End,
+    /// The request stream failed: a message that does not decode, or a
+    /// reset.
+    Error(Status),
 }
 
 impl<P: Protocol> Drop for AdsStream<P> {
