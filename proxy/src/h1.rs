@@ -348,12 +348,7 @@ async fn exchange_replay(
         conn.wbuf.extend_from_slice(body);
         conn.flush().await?;
     } else {
-        let mut out = (&conn.wbuf[..]).chain(&body[..]);
-        conn.io
-            .write_all_buf(&mut out)
-            .await
-            .map_err(Error::Write)?;
-        conn.wbuf.clear();
+        conn.write_through(body).await?;
     }
     read_head(conn, started).await
 }
@@ -414,12 +409,7 @@ where
         if conn.wbuf.len() + data.len() <= COALESCE_BODY {
             conn.wbuf.extend_from_slice(&data);
         } else {
-            let mut out = (&conn.wbuf[..]).chain(data);
-            conn.io
-                .write_all_buf(&mut out)
-                .await
-                .map_err(Error::Write)?;
-            conn.wbuf.clear();
+            conn.write_through(&data).await?;
         }
         match framing {
             ReqFraming::Chunked => conn.wbuf.extend_from_slice(b"\r\n"),

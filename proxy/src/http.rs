@@ -260,13 +260,20 @@ pub struct LogInfo {
     pub cluster: Option<String>,
 }
 
-/// The downstream peer of a connection: its address, and its IP as the
-/// header value appended to `x-forwarded-for` (made once per connection).
+impl LogInfo {
+    /// A [`local_reply`] whose `flags` the access log records too.
+    fn reply(&mut self, status: StatusCode, flags: &'static str, msg: &str) -> Response<RespBody> {
+        self.flags = flags;
+        local_reply(status, flags, msg)
+    }
+}
+
+/// The downstream peer of a connection, as `forward` uses it: its IP as
+/// the header value appended to `x-forwarded-for` (made once per
+/// connection).
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// Remote address.
-    pub addr: SocketAddr,
-    /// `addr`'s IP, formatted.
+    /// The remote address's IP, formatted.
     pub ip: HeaderValue,
 }
 
@@ -275,7 +282,7 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
-        Self { addr, ip }
+        Self { ip }
     }
 }
 
@@ -335,8 +342,7 @@ async fn forward(
 ) -> Response<RespBody> {
     let rt = proxy.runtime();
     let Some(table) = rt.routes.get(route_name) else {
-        out.flags = "NR";
-        return local_reply(StatusCode::NOT_FOUND, "NR", "no route configuration");
+        return out.reply(StatusCode::NOT_FOUND, "NR", "no route configuration");
     };
     let authority: &str = req
         .uri()
@@ -349,8 +355,7 @@ async fn forward(
         })
         .unwrap_or_default();
     let Some(vh) = table.vhost(authority) else {
-        out.flags = "NR";
-        return local_reply(
+        return out.reply(
             StatusCode::NOT_FOUND,
             "NR",
             &format!("no virtual host for {authority:?}"),
@@ -362,8 +367,7 @@ async fn forward(
         .iter()
         .find(|r| r.matches(req.method(), pq_str, authority, req.headers()))
     else {
-        out.flags = "NR";
-        return local_reply(StatusCode::NOT_FOUND, "NR", "no route matched");
+        return out.reply(StatusCode::NOT_FOUND, "NR", "no route matched");
     };
     let f: &ForwardAction = match &route.action {
         Action::Direct { status, body } => {
@@ -391,8 +395,7 @@ async fn forward(
         out.cluster = Some(cluster_name.clone());
     }
     let Some(cluster) = rt.clusters.get(cluster_name) else {
-        out.flags = "NC";
-        return local_reply(
+        return out.reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "NC",
             &format!("cluster {cluster_name:?} not found"),
@@ -404,8 +407,7 @@ async fn forward(
     let active = cluster.stats.active.load(Relaxed);
     if active >= limits.max_requests || (!h2 && active >= limits.max_connections) {
         cluster.stats.overflow.fetch_add(1, Relaxed);
-        out.flags = "UO";
-        let mut r = local_reply(
+        let mut r = out.reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "UO",
             "upstream overflow (circuit breaker)",
@@ -455,8 +457,7 @@ async fn forward(
         match body.collect().await {
             Ok(c) => (Some(c.to_bytes()), None),
             Err(e) => {
-                out.flags = "DR";
-                return local_reply(
+                return out.reply(
                     StatusCode::BAD_REQUEST,
                     "DR",
                     &format!("reading the request body: {e}"),
@@ -475,8 +476,7 @@ async fn forward(
     };
     let deadline = f.timeout.map(|t| Instant::now() + t);
     let Some(upstream) = cluster.upstream.get() else {
-        out.flags = "NC";
-        return local_reply(
+        return out.reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "NC",
             "cluster not initialised",
@@ -495,16 +495,14 @@ async fn forward(
         };
         let Some(host) = cluster.pick(&ctx) else {
             cluster.stats.no_healthy.fetch_add(1, Relaxed);
-            out.flags = "UH";
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream");
+            return out.reply(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream");
         };
         let ep = Arc::clone(&host.state);
         if out.enabled {
             out.upstream = Some(ep.authority.clone());
         }
         let Some(up_authority) = &ep.uri_authority else {
-            out.flags = "UH";
-            return local_reply(
+            return out.reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UH",
                 &format!(
@@ -529,8 +527,7 @@ async fn forward(
             let uri: Uri = match uri {
                 Ok(u) => u,
                 Err(e) => {
-                    out.flags = "DPE";
-                    return local_reply(
+                    return out.reply(
                         StatusCode::BAD_REQUEST,
                         "DPE",
                         &format!("request target: {e}"),
@@ -557,8 +554,7 @@ async fn forward(
                 }
             }
             let Ok(up_req) = builder.body(body) else {
-                out.flags = "DPE";
-                return local_reply(StatusCode::BAD_REQUEST, "DPE", "invalid request");
+                return out.reply(StatusCode::BAD_REQUEST, "DPE", "invalid request");
             };
             Prepared::H2(up_req)
         } else {
@@ -662,8 +658,7 @@ async fn forward(
                 } else {
                     ("UR", "reset")
                 };
-                out.flags = flags;
-                return local_reply(
+                return out.reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     flags,
                     &format!(
@@ -683,8 +678,7 @@ async fn forward(
                     prev = Some(ep);
                     continue;
                 }
-                out.flags = "UT";
-                return local_reply(
+                return out.reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "UT",
                     "upstream request timeout",

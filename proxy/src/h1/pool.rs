@@ -208,6 +208,18 @@ impl Conn {
     }
 
     /// Writes `wbuf` out and clears it.
+    /// Writes what is buffered and then `data`, in one call and without
+    /// copying `data` into the buffer.
+    pub(super) async fn write_through(&mut self, data: &[u8]) -> Result<(), Error> {
+        let mut out = (&self.wbuf[..]).chain(data);
+        self.io
+            .write_all_buf(&mut out)
+            .await
+            .map_err(Error::Write)?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
     pub(super) async fn flush(&mut self) -> Result<(), Error> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await.map_err(Error::Write)?;

@@ -536,13 +536,8 @@ async fn connection_close_and_http_1_0_are_not_reused() {
         &b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\ncontent-length: 2\r\n\r\nok"[..],
         b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
     ] {
-        let up = upstream(move |mut p| async move {
-            // Keeps the connection open: only the client can decide.
-            while p.request().await.is_some() {
-                p.send(reply).await;
-            }
-        })
-        .await;
+        // Keeps the connection open: only the client can decide.
+        let up = answering(reply).await;
         for _ in 0..2 {
             let r = get(&up.ep, "/").await.unwrap();
             assert_eq!(r.version(), Version::HTTP_11);
