@@ -31,13 +31,14 @@ use tonic::Status;
 use crate::cache::{Changes, ResourceCache};
 use crate::config::XdsConfig;
 use crate::mcp::Export;
-use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
+use crate::protocol::{ProtocolError, TypeStatus, View};
+use crate::resources::ResourceType;
+
+use self::ads_stream::Protocol;
+pub use self::grpc::{AdsService, CODEC_BUFFER, MAX_REQUEST, MAX_RESPONSE};
 
 mod ads_stream;
 mod grpc;
-
-pub use self::grpc::{AdsCodec, AdsService, CODEC_BUFFER, MAX_REQUEST, MAX_RESPONSE};
-use crate::resources::ResourceType;
 
 /// A batch of changes made visible to the streams.
 #[derive(Debug, Clone, Copy)]
@@ -96,13 +97,7 @@ trait StatusSource: Send + Sync {
     fn status(&self) -> BTreeMap<&'static str, TypeStatus>;
 }
 
-impl StatusSource for Mutex<SotwStream> {
-    fn status(&self) -> BTreeMap<&'static str, TypeStatus> {
-        self.lock().unwrap_or_else(|p| p.into_inner()).status()
-    }
-}
-
-impl StatusSource for Mutex<DeltaStream> {
+impl<P: Protocol> StatusSource for Mutex<P> {
     fn status(&self) -> BTreeMap<&'static str, TypeStatus> {
         self.lock().unwrap_or_else(|p| p.into_inner()).status()
     }
@@ -342,19 +337,12 @@ impl AdsServer {
 }
 
 impl Inner {
-    /// Registers a new stream; `state` makes its protocol state from the
-    /// stream id's seed.
-    fn open<S>(
-        &self,
-        variant: &'static str,
-        peer: String,
-        state: impl FnOnce(u64) -> S,
-    ) -> (u64, RateLimit, Arc<Slot>, Arc<Mutex<S>>)
-    where
-        Mutex<S>: StatusSource + 'static,
-    {
+    /// Registers a new stream of protocol `P` from `peer`; its state is
+    /// made from the stream id's seed.
+    fn open<P: Protocol>(&self, peer: String) -> (u64, RateLimit, Arc<Slot>, Arc<Mutex<P>>) {
+        let variant = P::VARIANT;
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let st = Arc::new(Mutex::new(state(
+        let st = Arc::new(Mutex::new(P::new(
             id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fastrand::u64(..),
         )));
         self.metrics

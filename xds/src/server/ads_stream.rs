@@ -11,6 +11,7 @@
 //! client catches up it gets the latest state diffed against what it last
 //! got (coalesced), never a backlog. Other streams never wait for it.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
@@ -20,11 +21,10 @@ use tokio::sync::watch;
 use tonic::{Status, Streaming};
 
 use super::{
-    mcp_export_for, namespace_of, protocol_status, Generation, Inner, RateLimit, Slot,
-    StatusSource, TypeLabel,
+    mcp_export_for, namespace_of, protocol_status, Generation, Inner, RateLimit, Slot, TypeLabel,
 };
 use crate::mcp::Export;
-use crate::protocol::{DeltaStream, ProtocolError, SotwStream, View};
+use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
 use crate::resources::ResourceType;
 
 /// One ADS variant's per-stream protocol state and message shapes, as the
@@ -60,6 +60,8 @@ pub(super) trait Protocol: Sized + Send + 'static {
     fn nacks(&self) -> u64;
     /// See [`SotwStream::set_native_only`].
     fn set_native_only(&mut self, on: bool);
+    /// See [`SotwStream::status`].
+    fn status(&self) -> BTreeMap<&'static str, TypeStatus>;
 }
 
 macro_rules! protocol_impl {
@@ -100,6 +102,9 @@ macro_rules! protocol_impl {
             fn set_native_only(&mut self, on: bool) {
                 <$state>::set_native_only(self, on)
             }
+            fn status(&self) -> BTreeMap<&'static str, TypeStatus> {
+                <$state>::status(self)
+            }
         }
     };
 }
@@ -139,13 +144,10 @@ pub(super) struct AdsStream<P: Protocol> {
     done: bool,
 }
 
-impl<P: Protocol> AdsStream<P>
-where
-    Mutex<P>: StatusSource,
-{
+impl<P: Protocol> AdsStream<P> {
     /// Registers a stream from `peer` reading `incoming`.
     pub(super) fn open(inner: Arc<Inner>, incoming: Streaming<P::Request>, peer: String) -> Self {
-        let (id, limit, slot, state) = inner.open(P::VARIANT, peer, P::new);
+        let (id, limit, slot, state) = inner.open::<P>(peer);
         let generations = inner.generation.subscribe();
         let shutdown = inner.node.shutdown_signal();
         Self {

@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use prost::Message;
@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use super::ads_stream::{AdsStream, Protocol};
-use super::{Inner, StatusSource};
+use super::Inner;
 use crate::protocol::{DeltaStream, SotwStream};
 
 /// Initial size of a stream's encode and decode buffers, bytes.
@@ -85,7 +85,6 @@ where
     P: Protocol,
     P::Request: Message + Default,
     P::Response: Message,
-    Mutex<P>: StatusSource,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send + 'static,
 {
@@ -97,11 +96,7 @@ where
 /// One method: opens an [`AdsStream`] of protocol `P` per call.
 struct Method<P>(Arc<Inner>, PhantomData<fn() -> P>);
 
-impl<P> StreamingService<P::Request> for Method<P>
-where
-    P: Protocol,
-    Mutex<P>: StatusSource,
-{
+impl<P: Protocol> StreamingService<P::Request> for Method<P> {
     type Response = P::Response;
     type ResponseStream = BoxStream<P::Response>;
     type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
@@ -116,7 +111,7 @@ where
 /// prost encoding with [`CODEC_BUFFER`]-byte initial buffers (tonic's
 /// default is 8 KiB each) and tonic's default yield threshold (32 KiB).
 #[derive(Debug)]
-pub struct AdsCodec<E, D>(PhantomData<fn() -> (E, D)>);
+struct AdsCodec<E, D>(PhantomData<fn() -> (E, D)>);
 
 impl<E, D> Default for AdsCodec<E, D> {
     fn default() -> Self {
