@@ -4,7 +4,8 @@
 //! `initial_resource_versions`, CDS → EDS ordering, for SotW and delta; and
 //! bad input (unknown types, request floods) ending only the offending stream;
 //! a client that stops reading holding back only itself, and catching up
-//! with the latest state;
+//! with the latest state; a change waking only the streams whose resources
+//! it may touch;
 //! and the sidecar's own resources (`sidecar|…`, `inbound|…`) on one delta
 //! stream as `meshreg-proxy` asks for them.
 
@@ -37,27 +38,34 @@ const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 const PAY: &str = "outbound|9090||pay.default";
 
 fn node() -> Option<EnvoyNode> {
-    Some(EnvoyNode {
-        id: "conformance".into(),
-        cluster: "test".into(),
+    Some(node_in("conformance", "test", "default"))
+}
+
+/// A node whose metadata names namespace `ns`, as Istio sets it.
+fn node_in(id: &str, cluster: &str, ns: &str) -> EnvoyNode {
+    EnvoyNode {
+        id: id.into(),
+        cluster: cluster.into(),
         metadata: Some(Struct {
             fields: HashMap::from([(
                 "NAMESPACE".to_string(),
                 Value {
-                    kind: Some(Kind::StringValue("default".into())),
+                    kind: Some(Kind::StringValue(ns.into())),
                 },
             )]),
         }),
         ..Default::default()
-    })
+    }
 }
 
-fn register(s: &Server, app: &str, ip: &str) {
+/// Registers an instance of `app` on port 9090; returns the revision.
+fn register(s: &Server, app: &str, ip: &str) -> u64 {
     let body = format!(
         r#"{{"app":"{app}","address":"{ip}","ports":{{"grpc":9090}},"labels":{{"v":"1"}}}}"#
     );
     let r = s.post("/v1/namespaces/default/instances", &body);
     assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["revision"].as_u64().expect("a revision")
 }
 
 fn endpoints(any: &envoy_types::pb::google::protobuf::Any) -> usize {
@@ -344,11 +352,21 @@ async fn delta_pay_stream(
         .await
         .unwrap();
     let mut c = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, mut stream) = open_delta(&mut c).await;
+    delta_eds_stream(&mut c, PAY).await
+}
+
+/// Opens a delta stream subscribed to the EDS resource `name`; returns it
+/// after ACKing its first response (the resource, or its removal when it
+/// does not exist).
+async fn delta_eds_stream(
+    c: &mut AdsClient,
+    name: &str,
+) -> (DeltaTx, Streaming<ds::DeltaDiscoveryResponse>) {
+    let (tx, mut stream) = open_delta(c).await;
     tx.send(ds::DeltaDiscoveryRequest {
         node: node(),
         type_url: EDS.into(),
-        resource_names_subscribe: vec![PAY.into()],
+        resource_names_subscribe: vec![name.into()],
         ..Default::default()
     })
     .await
@@ -450,6 +468,111 @@ async fn a_stuck_client_holds_back_only_itself_and_then_gets_the_latest_state() 
         listed = streams_listed(&s);
     }
     assert_eq!(listed, 1, "a closed stream is still listed");
+}
+
+/// The value of a counter or gauge on `/metrics`.
+fn metric(s: &Server, name: &str) -> f64 {
+    let text = s.get("/metrics").text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `/metrics` shows `name` at `want` or more; returns it.
+async fn metric_reaches(s: &Server, name: &str, want: f64) -> f64 {
+    let mut v = metric(s, name);
+    for _ in 0..100 {
+        if v >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = metric(s, name);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_wakes_only_the_streams_it_concerns() {
+    const WAKES: &str = "meshreg_xds_stream_wakes_total";
+    const BILL: &str = "outbound|9090||bill.default";
+    const GHOST: &str = "outbound|9090||ghost.default";
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    register(&s, "pay", "10.0.0.1");
+    let rev = register(&s, "bill", "10.0.1.1");
+    // The registrations are published before the streams open.
+    let published = metric_reaches(&s, "meshreg_xds_revision", rev as f64).await;
+    assert!(published >= rev as f64, "revision {rev} never published");
+    let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
+        .await
+        .unwrap();
+    let (pay_tx, mut pay) = delta_eds_stream(&mut c, PAY).await;
+    let (bill_tx, mut bill) = delta_eds_stream(&mut c, BILL).await;
+    // A name that does not resolve yet: any change in the namespace may
+    // bring it.
+    let (_ghost_tx, mut ghost) = delta_eds_stream(&mut c, GHOST).await;
+    let w0 = metric(&s, WAKES);
+
+    // A change to pay wakes the pay stream and the one waiting for a
+    // name to appear, not the bill stream.
+    register(&s, "pay", "10.0.0.2");
+    let r = next(&mut pay, 10_000).await.expect("pay is pushed");
+    assert_eq!(pay_endpoints(&r), Some(2));
+    ack_eds(&pay_tx, r.nonce).await;
+    assert!(metric_reaches(&s, WAKES, w0 + 2.0).await >= w0 + 2.0);
+    assert!(next(&mut bill, 500).await.is_none(), "bill got a push");
+    assert!(next(&mut ghost, 10).await.is_none(), "ghost got a push");
+    assert_eq!(
+        metric(&s, WAKES),
+        w0 + 2.0,
+        "a stream not watching pay was woken"
+    );
+
+    // A name subscribed later is watched too: the pay stream adds bill.
+    pay_tx
+        .send(ds::DeltaDiscoveryRequest {
+            type_url: EDS.into(),
+            resource_names_subscribe: vec![BILL.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = next(&mut pay, 10_000)
+        .await
+        .expect("bill on the pay stream");
+    assert_eq!(r.resources[0].name, BILL);
+    ack_eds(&pay_tx, r.nonce).await;
+    register(&s, "bill", "10.0.1.2");
+    for (tx, st) in [(&bill_tx, &mut bill), (&pay_tx, &mut pay)] {
+        let r = next(st, 10_000).await.expect("bill is pushed");
+        assert_eq!(r.resources[0].name, BILL);
+        let cla = ClusterLoadAssignment::decode(
+            r.resources[0].resource.as_ref().unwrap().value.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(
+            cla.endpoints
+                .iter()
+                .map(|l| l.lb_endpoints.len())
+                .sum::<usize>(),
+            2
+        );
+        ack_eds(tx, r.nonce).await;
+    }
+    assert!(metric_reaches(&s, WAKES, w0 + 5.0).await >= w0 + 5.0);
+
+    // The awaited name appears: only then does its stream get a push.
+    register(&s, "ghost", "10.0.2.1");
+    let r = next(&mut ghost, 10_000).await.expect("ghost is pushed");
+    assert_eq!(r.resources[0].name, GHOST);
+    assert!(metric_reaches(&s, WAKES, w0 + 6.0).await >= w0 + 6.0);
+    assert!(next(&mut pay, 500).await.is_none(), "pay got a push");
+    assert!(next(&mut bill, 10).await.is_none(), "bill got a push");
+    assert_eq!(
+        metric(&s, WAKES),
+        w0 + 6.0,
+        "streams not watching ghost were woken"
+    );
 }
 
 /// Sends each `Vec<u8>` as one gRPC message as it is (a client sending
@@ -624,28 +747,9 @@ async fn mcp_service_entries_as_istiod_asks_for_them() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
 
-    let mut c = AggregatedDiscoveryServiceClient::connect(s.grpc.clone())
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let mut st = c
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let Sotw { tx, rx: mut st } = Sotw::open(&s).await;
     let istiod = |ty: &str, nonce: &str| ds::DiscoveryRequest {
-        node: Some(EnvoyNode {
-            id: "istiod-1".into(),
-            metadata: Some(Struct {
-                fields: HashMap::from([(
-                    "NAMESPACE".to_string(),
-                    Value {
-                        kind: Some(Kind::StringValue("istio-system".into())),
-                    },
-                )]),
-            }),
-            ..Default::default()
-        }),
+        node: Some(node_in("istiod-1", "", "istio-system")),
         type_url: ty.into(),
         response_nonce: nonce.into(),
         ..Default::default()
@@ -717,6 +821,32 @@ async fn mcp_service_entries_as_istiod_asks_for_them() {
     let r2 = next_sotw(&mut st).await.expect("push");
     assert_eq!(r2.type_url, SE);
     assert_eq!(decode(&r2).len(), 3);
+}
+
+/// istiod's ServiceEntry stream opened on an empty registry, where no
+/// resource exists to say what it depends on, still gets the first
+/// application of any namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn istiod_on_an_empty_registry_gets_the_first_service_entry() {
+    const SE: &str = "networking.istio.io/v1alpha3/ServiceEntry";
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).unwrap();
+    let Sotw { tx, rx: mut st } = Sotw::open(&s).await;
+    let mut req = ds::DiscoveryRequest {
+        node: Some(node_in("istiod-1", "", "istio-system")),
+        type_url: SE.into(),
+        ..Default::default()
+    };
+    tx.send(req.clone()).await.unwrap();
+    let r = next_sotw(&mut st).await.expect("the empty set");
+    assert!(r.resources.is_empty());
+    req.version_info = r.version_info;
+    req.response_nonce = r.nonce;
+    tx.send(req).await.unwrap();
+
+    register(&s, "pay", "10.0.0.1");
+    let r = next_sotw(&mut st).await.expect("pay's ServiceEntry");
+    assert_eq!(r.resources.len(), 1);
 }
 
 async fn next_sotw(st: &mut Streaming<ds::DiscoveryResponse>) -> Option<ds::DiscoveryResponse> {

@@ -68,6 +68,81 @@ impl Changes {
     }
 }
 
+/// What the resources one stream was last sent (or told are absent)
+/// depend on: the registry changes that can change what it is sent. The
+/// server wakes a stream for a batch of [`Changes`] only when they touch
+/// its interest (an application or service in it, anything in its
+/// namespace when it watches the whole namespace, anything anywhere when it
+/// watches everything), so a change costs work for the streams it
+/// concerns, not for every stream.
+///
+/// It is built from the [`Dependency`] of every resource looked up while
+/// the stream's responses are computed; over-approximating (a stale
+/// dependency left from an earlier subscription) costs a spurious wake,
+/// never a missed push.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Interest {
+    /// A resource spanning namespaces: any change anywhere.
+    pub everything: bool,
+    /// A wildcard subscription or a name that does not resolve (yet): any
+    /// change in the stream's namespace.
+    pub namespace: bool,
+    /// Applications whose instances the resources are built from.
+    pub apps: HashSet<String>,
+    /// Services whose instances the resources are built from.
+    pub services: HashSet<String>,
+}
+
+impl Interest {
+    /// Records one resource's dependency.
+    pub fn note(&mut self, dep: &Dependency) {
+        match dep {
+            Dependency::Everything => self.everything = true,
+            Dependency::Namespace => self.namespace = true,
+            Dependency::App(a) => {
+                if !self.apps.contains(a) {
+                    self.apps.insert(a.clone());
+                }
+            }
+            Dependency::Service(s) => {
+                if !self.services.contains(s) {
+                    self.services.insert(s.clone());
+                }
+            }
+            Dependency::Nothing => {}
+        }
+    }
+
+    /// Adds everything `other` depends on.
+    pub fn merge(&mut self, other: &Interest) {
+        self.everything |= other.everything;
+        self.namespace |= other.namespace;
+        self.apps.extend(other.apps.iter().cloned());
+        self.services.extend(other.services.iter().cloned());
+    }
+
+    /// True when everything `other` depends on, this does too.
+    pub fn covers(&self, other: &Interest) -> bool {
+        (self.everything || !other.everything)
+            && (self.namespace || !other.namespace)
+            && other.apps.is_subset(&self.apps)
+            && other.services.is_subset(&self.services)
+    }
+
+    /// True when it depends on nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.everything && !self.namespace && self.apps.is_empty() && self.services.is_empty()
+    }
+
+    /// Forgets everything, keeping the sets' allocations.
+    pub fn clear(&mut self) {
+        self.everything = false;
+        self.namespace = false;
+        self.apps.clear();
+        self.services.clear();
+    }
+}
+
 /// Shared cache of built resources: namespace → type → name. Lookups take
 /// `&str` at every level, so a hit allocates nothing and, through
 /// [`ResourceCache::peek`], needs only shared access.
@@ -94,11 +169,25 @@ impl ResourceCache {
     /// The cached state of a resource without building it: `None` when not
     /// cached, `Some(None)` when cached as nonexistent.
     pub fn peek(&self, ns: &str, ty: ResourceType, name: &str) -> Option<Option<Arc<Built>>> {
-        self.entries
-            .get(ns)?
-            .get(&ty)?
-            .get(name)
-            .map(|e| e.built.clone())
+        self.entry(ns, ty, name).map(|e| e.built.clone())
+    }
+
+    /// [`ResourceCache::peek`], also noting in `interest` what the
+    /// resource depends on when it is cached.
+    pub fn peek_noting(
+        &self,
+        ns: &str,
+        ty: ResourceType,
+        name: &str,
+        interest: &mut Interest,
+    ) -> Option<Option<Arc<Built>>> {
+        let e = self.entry(ns, ty, name)?;
+        interest.note(&e.dep);
+        Some(e.built.clone())
+    }
+
+    fn entry(&self, ns: &str, ty: ResourceType, name: &str) -> Option<&Entry> {
+        self.entries.get(ns)?.get(&ty)?.get(name)
     }
 
     /// The cached wildcard names of `ty` in `ns`, if cached.
@@ -114,13 +203,27 @@ impl ResourceCache {
         ty: ResourceType,
         name: &str,
     ) -> Option<Arc<Built>> {
-        if let Some(hit) = self.peek(ns, ty, name) {
+        self.get_noting(reg, ns, ty, name, &mut Interest::default())
+    }
+
+    /// [`ResourceCache::get`], also noting in `interest` what the resource
+    /// depends on.
+    pub fn get_noting(
+        &mut self,
+        reg: &Registry,
+        ns: &str,
+        ty: ResourceType,
+        name: &str,
+        interest: &mut Interest,
+    ) -> Option<Arc<Built>> {
+        if let Some(hit) = self.peek_noting(ns, ty, name, interest) {
             return hit;
         }
         if self.len >= self.max_entries {
             self.evict();
         }
         let (any, dep) = resources::build(reg, ns, ty, name);
+        interest.note(&dep);
         let built = any.map(|any| {
             Arc::new(Built {
                 name: name.to_string(),

@@ -3,8 +3,12 @@
 //!
 //! Push path: the registry's revision feed → a debouncer (quiet period and
 //! maximum delay) → the changed applications and services invalidate the
-//! shared [`ResourceCache`] → a new generation wakes every stream → each
-//! stream diffs what it is subscribed to and sends only what changed.
+//! shared [`ResourceCache`] → a new generation wakes the streams whose
+//! resources the changes may touch (each stream's [`Interest`], kept from
+//! the dependencies of what it was last sent) → each woken stream diffs
+//! what it is subscribed to and sends only what changed. A change to one
+//! application costs work for the streams watching it, not for every
+//! stream.
 //! Each stream's protocol state runs inside its response stream
 //! ([`ads_stream`]): a slow or stuck client holds back only its own
 //! responses and, when it catches up, gets the latest state (coalesced),
@@ -28,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::cache::{Changes, ResourceCache};
+use crate::cache::{Changes, Interest, ResourceCache};
 use crate::config::XdsConfig;
 use crate::mcp::Export;
 use crate::protocol::{ProtocolError, TypeStatus, View};
@@ -36,9 +40,11 @@ use crate::resources::ResourceType;
 
 use self::ads_stream::Protocol;
 pub use self::grpc::{AdsService, CODEC_BUFFER, MAX_REQUEST, MAX_RESPONSE};
+use self::watchers::Watchers;
 
 mod ads_stream;
 mod grpc;
+mod watchers;
 
 /// A batch of changes made visible to the streams.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +72,8 @@ struct XdsMetrics {
     nacks: Family<TypeLabel, Counter>,
     streams: Family<VariantLabel, Gauge>,
     rejected: Counter,
+    wakes: Counter,
+    revision: Gauge,
 }
 
 /// One connected client, for `/v1/xds/clients`.
@@ -104,10 +112,13 @@ impl<P: Protocol> StatusSource for Mutex<P> {
 }
 
 /// One stream's entry in the client list: who it is (set once, from its
-/// first request) and its live protocol state.
+/// first request), its live protocol state, and what wakes it.
 struct Slot {
     info: Mutex<ClientInfo>,
     state: Arc<dyn StatusSource>,
+    /// Notified (one stored permit: wakes coalesce) when a generation may
+    /// change what the stream is sent.
+    wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Slot {
@@ -125,6 +136,8 @@ struct Inner {
     /// Each stream's slot; its status is read from the stream's own state
     /// when the list is asked for, so pushes and ACKs never touch this map.
     clients: Mutex<BTreeMap<u64, Arc<Slot>>>,
+    /// Each stream's slot again, by what its resources depend on.
+    watchers: Mutex<Watchers<Arc<Slot>>>,
     next_stream: AtomicU64,
     metrics: XdsMetrics,
 }
@@ -143,6 +156,8 @@ struct CacheView<'a> {
     reg: &'a Registry,
     cache: &'a RwLock<ResourceCache>,
     ns: &'a str,
+    /// Collects the dependencies of everything looked up.
+    interest: &'a mut Interest,
 }
 
 impl View for CacheView<'_> {
@@ -151,18 +166,26 @@ impl View for CacheView<'_> {
             .cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .peek(self.ns, ty, name);
+            .peek_noting(self.ns, ty, name, self.interest);
         match hit {
             Some(built) => built,
             None => self
                 .cache
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(self.reg, self.ns, ty, name),
+                .get_noting(self.reg, self.ns, ty, name, self.interest),
         }
     }
 
     fn all(&mut self, ty: ResourceType) -> Arc<Vec<String>> {
+        // Any application added or removed changes the wildcard set: in
+        // the namespace, or anywhere for ServiceEntries (they span
+        // namespaces).
+        if ty.mcp_export().is_some() {
+            self.interest.everything = true;
+        } else {
+            self.interest.namespace = true;
+        }
         let hit = self
             .cache
             .read()
@@ -249,6 +272,8 @@ impl AdsServer {
             nacks: Family::default(),
             streams: Family::default(),
             rejected: Counter::default(),
+            wakes: Counter::default(),
+            revision: Gauge::default(),
         };
         node.metrics.register(|r| {
             r.register(
@@ -276,6 +301,16 @@ impl AdsServer {
                 "ADS streams ended for bad requests or request rate",
                 metrics.rejected.clone(),
             );
+            r.register(
+                "xds_stream_wakes",
+                "ADS streams woken by registry changes (only those whose resources a change may touch)",
+                metrics.wakes.clone(),
+            );
+            r.register(
+                "xds_revision",
+                "Registry revision of the last generation published to the ADS streams",
+                metrics.revision.clone(),
+            );
         });
         let revision = node.shared().revision();
         let (generation, _) = watch::channel(Generation {
@@ -288,6 +323,7 @@ impl AdsServer {
             node,
             generation,
             clients: Mutex::new(BTreeMap::new()),
+            watchers: Mutex::new(Watchers::default()),
             next_stream: AtomicU64::new(1),
             metrics,
         });
@@ -363,6 +399,7 @@ impl Inner {
         let slot = Arc::new(Slot {
             info,
             state: st.clone(),
+            wake: tokio::sync::Notify::new(),
         });
         self.clients
             .lock()
@@ -395,15 +432,58 @@ impl Inner {
         c.namespace = ns.to_string();
     }
 
-    /// Runs `f` with this stream's view of the current state.
-    fn with_view<T>(&self, ns: &str, f: impl FnOnce(&mut dyn View) -> T) -> T {
+    /// Runs `f` with this stream's view of the current state, noting in
+    /// `interest` the dependencies of everything it looks up.
+    fn with_view<T>(
+        &self,
+        ns: &str,
+        interest: &mut Interest,
+        f: impl FnOnce(&mut dyn View) -> T,
+    ) -> T {
         let state = self.node.shared().read();
         let mut view = CacheView {
             reg: &state.registry,
             cache: &self.cache,
             ns,
+            interest,
         };
         f(&mut view)
+    }
+
+    /// The latest generation.
+    fn generation(&self) -> Generation {
+        *self.generation.borrow()
+    }
+
+    /// Publishes a generation, then wakes the streams it may concern.
+    ///
+    /// A stream records its interest and then re-reads the generation
+    /// ([`ads_stream`]); this publishes and then reads the watchers. So
+    /// either this sees the stream's new interest, or the stream sees the
+    /// new generation and re-checks itself: no change is missed.
+    fn publish(&self, generation: Generation, changes: &Changes) {
+        self.generation.send_replace(generation);
+        let mut woken = 0;
+        let mut wake = |slot: &Arc<Slot>| {
+            slot.wake.notify_one();
+            woken += 1;
+        };
+        if changes.everything {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients.values().for_each(&mut wake);
+        } else {
+            let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            watchers.touched(changes, |_, slot| wake(slot));
+        }
+        self.metrics.wakes.inc_by(woken);
+        self.metrics
+            .revision
+            .set(i64::try_from(generation.revision).unwrap_or(i64::MAX));
+        tracing::debug!(
+            revision = generation.revision,
+            woken,
+            "published a generation"
+        );
     }
 
     fn count_push(&self, type_url: &str, generation: Option<&Generation>) {
@@ -421,7 +501,8 @@ impl Inner {
 }
 
 /// Turns registry changes into generations: waits for a quiet period (or
-/// the maximum delay), invalidates what changed, wakes the streams.
+/// the maximum delay), invalidates what changed, wakes the streams it
+/// concerns.
 async fn debounce(inner: Arc<Inner>) {
     let mut revisions = inner.node.shared().subscribe();
     let mut shutdown = inner.node.shutdown_signal();
@@ -464,10 +545,13 @@ async fn debounce(inner: Arc<Inner>) {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .invalidate(&changes);
-        inner.generation.send_replace(Generation {
-            revision,
-            changed_at: first,
-        });
+        inner.publish(
+            Generation {
+                revision,
+                changed_at: first,
+            },
+            &changes,
+        );
     }
 }
 

@@ -1,8 +1,11 @@
 //! One ADS stream, run as the response stream tonic polls.
 //!
 //! The stream's protocol state is driven from inside the response body's
-//! `poll_next`: it reads the client's next request and the latest
-//! generation, and yields what they produce. Nothing runs per stream
+//! `poll_next`: it reads the client's next request and, when the
+//! debouncer wakes it, the latest generation, and yields what they
+//! produce. After computing responses it records what they depend on
+//! (its [`Interest`]) in the server's watchers, where the debouncer finds
+//! the streams a change concerns. Nothing runs per stream
 //! besides the HTTP/2 stream task hyper already has, so a push wakes one
 //! task, not a protocol task and then, through a channel, hyper's.
 //!
@@ -20,9 +23,8 @@ use futures_util::Stream;
 use tokio::sync::watch;
 use tonic::{Status, Streaming};
 
-use super::{
-    mcp_export_for, namespace_of, protocol_status, Generation, Inner, RateLimit, Slot, TypeLabel,
-};
+use super::{mcp_export_for, namespace_of, protocol_status, Inner, RateLimit, Slot, TypeLabel};
+use crate::cache::Interest;
 use crate::mcp::Export;
 use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
 use crate::resources::ResourceType;
@@ -135,7 +137,13 @@ pub(super) struct AdsStream<P: Protocol> {
     state: Arc<Mutex<P>>,
     /// Set from the first request.
     ns: Option<String>,
-    generations: watch::Receiver<Generation>,
+    /// What the stream is registered as watching.
+    interest: Interest,
+    /// Scratch: the dependencies of what one request or change looked up.
+    looked_up: Interest,
+    /// A generation arrived while a request was being served, after the
+    /// debouncer may have read this stream's older interest: look again.
+    recheck: bool,
     shutdown: watch::Receiver<bool>,
     /// Responses produced and not yet yielded, in order.
     pending: std::vec::IntoIter<P::Response>,
@@ -148,7 +156,6 @@ impl<P: Protocol> AdsStream<P> {
     /// Registers a stream from `peer` reading `incoming`.
     pub(super) fn open(inner: Arc<Inner>, incoming: Streaming<P::Request>, peer: String) -> Self {
         let (id, limit, slot, state) = inner.open::<P>(peer);
-        let generations = inner.generation.subscribe();
         let shutdown = inner.node.shutdown_signal();
         Self {
             inner,
@@ -158,7 +165,9 @@ impl<P: Protocol> AdsStream<P> {
             slot,
             state,
             ns: None,
-            generations,
+            interest: Interest::default(),
+            looked_up: Interest::default(),
+            recheck: false,
             shutdown,
             pending: Vec::new().into_iter(),
             error: None,
@@ -189,16 +198,17 @@ impl<P: Protocol> AdsStream<P> {
             if self.done {
                 return None;
             }
+            if std::mem::take(&mut self.recheck) {
+                self.on_change();
+                continue;
+            }
             let event = tokio::select! {
                 msg = self.incoming.message() => match msg {
                     Ok(Some(req)) => Event::Request(req),
                     Ok(None) => Event::End,
                     Err(status) => Event::Error(status),
                 },
-                changed = self.generations.changed() => match changed {
-                    Ok(()) => Event::Generation,
-                    Err(_) => Event::End,
-                },
+                () = self.slot.wake.notified() => Event::Generation,
                 _ = self.shutdown.wait_for(|s| *s) => Event::End,
             };
             match event {
@@ -237,13 +247,16 @@ impl<P: Protocol> AdsStream<P> {
             Inner::identify(slot, P::node(req), &n);
             n
         });
+        let seen = inner.generation().revision;
+        let looked_up = &mut self.looked_up;
+        looked_up.clear();
         let (out, nacked) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if first && mcp_export_for(&inner.config, P::node(req)) == Export::NativeOnly {
                 st.set_native_only(true);
             }
             let nacks_before = st.nacks();
-            let out = inner.with_view(namespace, |v| st.on_request(req, v));
+            let out = inner.with_view(namespace, looked_up, |v| st.on_request(req, v));
             (out, st.nacks() > nacks_before)
         };
         if nacked {
@@ -267,25 +280,58 @@ impl<P: Protocol> AdsStream<P> {
                 self.error = Some(protocol_status(e));
             }
         }
+        // What a request looked up adds to what the stream watches (an
+        // unsubscribed name lingers until the next change: a spurious wake
+        // at worst).
+        if !self.interest.covers(&self.looked_up) {
+            let mut more = self.interest.clone();
+            more.merge(&self.looked_up);
+            self.watch(more);
+            self.recheck |= self.inner.generation().revision != seen;
+        }
     }
 
     fn on_change(&mut self) {
         // Not identified yet: its first request gets the current state.
         let Some(namespace) = &self.ns else { return };
-        let g = *self.generations.borrow_and_update();
+        let g = self.inner.generation();
         tracing::trace!(
             stream = self.id,
             revision = g.revision,
             "pushing a generation"
         );
+        let looked_up = &mut self.looked_up;
+        looked_up.clear();
         let responses = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            self.inner.with_view(namespace, |v| st.on_change(v))
+            self.inner
+                .with_view(namespace, looked_up, |v| st.on_change(v))
         };
+        // A change looks up everything the stream is subscribed to: what
+        // it looked up replaces what the stream watches.
+        if self.looked_up != self.interest {
+            let now = std::mem::take(&mut self.looked_up);
+            // The old interest's sets are the next scratch.
+            self.looked_up = self.watch(now);
+            self.recheck |= self.inner.generation().revision != g.revision;
+        }
         for r in &responses {
             self.inner.count_push(P::response_type_url(r), Some(&g));
         }
         self.pending = responses.into_iter();
+    }
+
+    /// Registers the stream as watching `interest` instead of what it
+    /// watched; returns that.
+    fn watch(&mut self, interest: Interest) -> Interest {
+        if let Some(ns) = &self.ns {
+            self.inner
+                .watchers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(self.id, &self.slot, ns, &self.interest, &interest);
+        }
+        std::mem::replace(&mut self.interest, interest)
     }
 }
 
@@ -304,6 +350,13 @@ enum Event<R> {
 
 impl<P: Protocol> Drop for AdsStream<P> {
     fn drop(&mut self) {
+        if let (Some(ns), false) = (&self.ns, self.interest.is_empty()) {
+            self.inner
+                .watchers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(self.id, ns, &self.interest);
+        }
         self.inner.close(self.id, P::VARIANT);
     }
 }
