@@ -5,6 +5,7 @@
 #
 #   benches/xds-fanout.sh                         # delta:10000 and sotw:1000
 #   RUNS="delta:2000" CHANGES=3 benches/xds-fanout.sh
+#   RUNS="delta:10000:100" benches/xds-fanout.sh  # streams spread over 100 apps
 #   CARGO_TARGET_DIR=/work/target-fanout benches/xds-fanout.sh
 #   SERVER_CPUS=1 LOADER_CPUS=0 benches/xds-fanout.sh   # pin with taskset
 #   PERF=1 benches/xds-fanout.sh     # perf record ($PERF_ARGS) the server to $PERF_OUT
@@ -59,24 +60,27 @@ n=0
 for run in $RUNS; do
   n=$((n + 1))
   variant=${run%%:*}
-  streams=${run##*:}
+  rest=${run#*:}
+  streams=${rest%%:*}
+  apps=1
+  if [ "$rest" != "$streams" ]; then apps=${rest#*:}; fi
   $(pin "$SERVER_CPUS") "$MESHREG" server --data-dir "$tmp/meshreg-$n-$variant-$streams" \
     --http-addr "127.0.0.1:$PORT_BASE" --grpc-addr "127.0.0.1:$((PORT_BASE + 1))" \
     --raft-addr "127.0.0.1:$((PORT_BASE + 2))" --log warn >/dev/null 2>"$tmp/meshreg.log" &
   pid=$!
   pids+=("$pid")
   wait_http "http://127.0.0.1:$PORT_BASE/readyz"
-  echo "# $(date -u +%FT%TZ) run $variant:$streams, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  echo "# $(date -u +%FT%TZ) run $variant:$streams over $apps app(s), load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
   perf_pid=
   if [ -n "$PERF" ]; then
     perf record ${PERF_ARGS:--F 999} -o "$PERF_OUT" -p "$pid" 2>/dev/null &
     perf_pid=$!
   fi
-  $(pin "$LOADER_CPUS") "$FANOUT" --addr "http://127.0.0.1:$((PORT_BASE + 1))" --variant "$variant" --streams "$streams" \
+  $(pin "$LOADER_CPUS") "$FANOUT" --addr "http://127.0.0.1:$((PORT_BASE + 1))" --variant "$variant" --streams "$streams" --apps "$apps" \
     --per-connection "$PER_CONNECTION" --changes "$CHANGES" --server-pid "$pid" || echo "# xds_fanout failed: $?" >&2
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
   echo "# after run, load: $(cut -d' ' -f1-3 /proc/loadavg); server streams gauge:" \
-    "$(curl -sf "http://127.0.0.1:$PORT_BASE/metrics" | grep 'xds_streams' | tr '\n' ' ')" >&2
+    "$(curl -sf "http://127.0.0.1:$PORT_BASE/metrics" | grep -E 'xds_streams|xds_stream_wakes_total' | tr '\n' ' ')" >&2
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true

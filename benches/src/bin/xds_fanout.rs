@@ -3,18 +3,21 @@
 //! the server in memory.
 //!
 //! 1. Registers `--seed-instances` persistent instances of `--app` with port
-//!    `--port`, so the cluster `outbound|<port>||<app>.default` exists.
+//!    `--port`, so the cluster `outbound|<port>||<app>.default` exists; with
+//!    `--apps N` (N > 1) also of `<app>-1` … `<app>-(N-1)`.
 //! 2. Reads the server's RSS (`VmRSS` of `/proc/<--server-pid>/status`).
 //! 3. Opens `--streams` ADS streams (`--variant delta` or `sotw`), real gRPC
 //!    streams spread over HTTP/2 connections of `--per-connection` streams
-//!    each, all subscribed to that one ClusterLoadAssignment (node metadata
+//!    each, all subscribed to that one ClusterLoadAssignment (with
+//!    `--apps N`, stream `i` to the one of app `i mod N`) (node metadata
 //!    `NAMESPACE=default`); every response is ACKed with its nonce (and, for
 //!    SotW, its `version_info`). Waits until every stream has its initial
 //!    response, lets them sit idle `--settle-ms`, and reads the RSS again:
 //!    `(after - before) / streams` is the server memory per idle stream
 //!    (stream state, HTTP/2 and tonic buffers, and the connections' share).
 //! 4. `--changes` times: registers one new instance (address
-//!    `10.250.0.<k+1>`) and measures, per stream, the time from the moment
+//!    `10.250.0.<k+1>`) of `--app` and measures, per stream watching it
+//!    (all of them unless `--apps` > 1), the time from the moment
 //!    the `Register` call returned (the write is committed) until that
 //!    stream received a response whose ClusterLoadAssignment contains the
 //!    new address. Changes are `--gap-ms` apart, longer than the debounce,
@@ -22,8 +25,10 @@
 //!
 //! Prints one JSON line for the connect phase (with the memory figures),
 //! one per change, and a last one with the CPU time the server and this
-//! process spent per stream per change (over all the changes, from
-//! `/proc/<pid>/task/*/schedstat`). Latencies are measured in this
+//! process spent per change, and per stream watching the change per change
+//! (over all the changes, from `/proc/<pid>/task/*/schedstat`). With
+//! `--apps`, the server's CPU per change shows what the streams that do not
+//! watch the changed application cost it. Latencies are measured in this
 //! process, which shares the machine with the server: the client's own
 //! scheduling delay (handling 10,000 responses on a loaded core) is part
 //! of the figures.
@@ -90,9 +95,13 @@ struct Args {
     /// response arrives).
     #[arg(long, default_value_t = 500)]
     open_parallelism: usize,
-    /// Application the streams subscribe to.
+    /// Application the streams subscribe to (and the changes touch).
     #[arg(long, default_value = "fanout")]
     app: String,
+    /// Applications the streams are spread over, round robin: `--app`,
+    /// `<app>-1`, … Only the streams of `--app` see the changes.
+    #[arg(long, default_value_t = 1)]
+    apps: usize,
     /// Port of the application (the cluster is `outbound|<port>||<app>.default`).
     #[arg(long, default_value_t = 9000)]
     port: u16,
@@ -122,12 +131,13 @@ struct Args {
 /// What a stream task reports to the coordinator.
 #[derive(Debug)]
 enum Event {
-    /// The stream received the subscribed resource for the first time.
-    Initial,
+    /// The stream received the subscribed resource for the first time;
+    /// `watching`: it is one of `--app`'s.
+    Initial { watching: bool },
     /// The stream received a response containing change `change`'s address.
     Saw { change: usize, at: Instant },
     /// The stream ended (error or server close).
-    Ended { error: String },
+    Ended { error: String, watching: bool },
 }
 
 /// Address of change `k`.
@@ -213,13 +223,18 @@ impl Tracker {
         if found && !self.initial {
             self.initial = true;
             self.open_slot = None;
-            let _ = self.events.send(Event::Initial);
+            let _ = self.events.send(Event::Initial {
+                watching: !self.changes.is_empty(),
+            });
         }
     }
 
     fn ended(&mut self, error: String) {
         self.open_slot = None;
-        let _ = self.events.send(Event::Ended { error });
+        let _ = self.events.send(Event::Ended {
+            error,
+            watching: !self.changes.is_empty(),
+        });
     }
 }
 
@@ -345,17 +360,24 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     anyhow::ensure!(a.changes <= 250, "--changes is at most 250");
     anyhow::ensure!(a.per_connection > 0, "--per-connection must be positive");
+    anyhow::ensure!(a.apps > 0, "--apps must be positive");
     let variant = a.variant.name();
-    let cluster = format!("outbound|{}||{}.default", a.port, a.app);
+    let app_name = |j: usize| match j {
+        0 => a.app.clone(),
+        j => format!("{}-{j}", a.app),
+    };
+    let cluster_of = |j: usize| format!("outbound|{}||{}.default", a.port, app_name(j));
 
     let mut registry = RegistryClient::connect(a.addr.clone()).await?;
-    registry
-        .register(pb::RegisterRequest {
-            instances: (0..a.seed_instances)
-                .map(|i| instance(&a.app, format!("10.0.0.{}", i + 1), a.port))
-                .collect(),
-        })
-        .await?;
+    for j in 0..a.apps {
+        registry
+            .register(pb::RegisterRequest {
+                instances: (0..a.seed_instances)
+                    .map(|i| instance(&app_name(j), format!("10.0.0.{}", i + 1), a.port))
+                    .collect(),
+            })
+            .await?;
+    }
 
     let settle = Duration::from_millis(a.settle_ms);
     tokio::time::sleep(settle).await;
@@ -377,9 +399,11 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let permit = open_slots.clone().acquire_owned().await?;
+        let watching = i % a.apps == 0;
         let t = Tracker {
-            cluster: cluster.clone(),
+            cluster: cluster_of(i % a.apps),
             changes: (0..a.changes)
+                .filter(|_| watching)
                 .map(|k| encoded_address(&change_address(k)))
                 .collect(),
             seen: vec![false; a.changes],
@@ -396,13 +420,19 @@ async fn main() -> anyhow::Result<()> {
 
     let mut connected = 0usize;
     let mut ended = 0usize;
+    // Streams of `--app` that connected, and that ended.
+    let (mut watchers, mut watchers_ended) = (0usize, 0usize);
     let mut errors: HashMap<String, usize> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.connect_timeout_s);
     while connected + ended < a.streams {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(Event::Initial)) => connected += 1,
-            Ok(Some(Event::Ended { error })) => {
+            Ok(Some(Event::Initial { watching })) => {
+                connected += 1;
+                watchers += usize::from(watching);
+            }
+            Ok(Some(Event::Ended { error, watching })) => {
                 ended += 1;
+                watchers_ended += usize::from(watching);
                 *errors.entry(error).or_default() += 1;
             }
             Ok(Some(Event::Saw { .. })) => {}
@@ -420,8 +450,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let opt = |v: Option<u64>| v.map_or("null".into(), |v| v.to_string());
     println!(
-        "{{\"phase\":\"connect\",\"variant\":\"{variant}\",\"streams\":{},\"connections\":{},\"connected\":{connected},\"ended\":{ended},\"seconds\":{connect_s:.3},\"rss_before_bytes\":{},\"rss_after_bytes\":{},\"rss_per_stream_bytes\":{per_stream},\"errors\":{:?}}}",
+        "{{\"phase\":\"connect\",\"variant\":\"{variant}\",\"streams\":{},\"apps\":{},\"connections\":{},\"connected\":{connected},\"ended\":{ended},\"seconds\":{connect_s:.3},\"rss_before_bytes\":{},\"rss_after_bytes\":{},\"rss_per_stream_bytes\":{per_stream},\"errors\":{:?}}}",
         a.streams,
+        a.apps,
         a.streams.div_ceil(a.per_connection),
         opt(rss_before),
         opt(rss_after),
@@ -434,7 +465,7 @@ async fn main() -> anyhow::Result<()> {
     let mut late = 0usize;
     for k in 0..a.changes {
         tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
-        let alive = connected.saturating_sub(ended);
+        let alive = watchers.saturating_sub(watchers_ended);
         let call = Instant::now();
         registry
             .register(pb::RegisterRequest {
@@ -454,11 +485,12 @@ async fn main() -> anyhow::Result<()> {
                     samples.push(at.saturating_duration_since(commit));
                 }
                 Ok(Some(Event::Saw { .. })) => late += 1,
-                Ok(Some(Event::Ended { error })) => {
+                Ok(Some(Event::Ended { error, watching })) => {
                     ended += 1;
+                    watchers_ended += usize::from(watching);
                     *errors.entry(error).or_default() += 1;
                 }
-                Ok(Some(Event::Initial)) => connected += 1,
+                Ok(Some(Event::Initial { watching })) => watchers += usize::from(watching),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -478,22 +510,24 @@ async fn main() -> anyhow::Result<()> {
             ms(max),
         );
     }
-    // µs of CPU per stream per change: pushing and handling the ACK on the
-    // server; receiving and ACKing in this process.
-    let per = |before: u64, after: u64| {
-        let exchanges = (a.changes * connected.saturating_sub(ended)).max(1);
+    // µs of CPU per change, and per watching stream per change: pushing
+    // and handling the ACK on the server; receiving and ACKing in this
+    // process.
+    let per = |before: u64, after: u64, streams: usize| {
+        let exchanges = (a.changes * streams).max(1);
         format!(
             "{:.1}",
             after.saturating_sub(before) as f64 / 1000.0 / exchanges as f64
         )
     };
-    let server_us = match (cpu_before.0, server_cpu(a.server_pid)?) {
-        (Some(b), Some(e)) => per(b, e),
-        _ => "null".into(),
+    let watching = watchers.saturating_sub(watchers_ended);
+    let (server_us, server_change_us) = match (cpu_before.0, server_cpu(a.server_pid)?) {
+        (Some(b), Some(e)) => (per(b, e, watching), per(b, e, 1)),
+        _ => ("null".into(), "null".into()),
     };
-    let loader_us = per(cpu_before.1, cpu_ns("self")?);
+    let loader_us = per(cpu_before.1, cpu_ns("self")?, watching);
     println!(
-        "{{\"phase\":\"done\",\"variant\":\"{variant}\",\"ended\":{ended},\"late_events\":{late},\"server_cpu_us_per_stream_change\":{server_us},\"loader_cpu_us_per_stream_change\":{loader_us},\"errors\":{errors:?}}}"
+        "{{\"phase\":\"done\",\"variant\":\"{variant}\",\"ended\":{ended},\"late_events\":{late},\"watching_streams\":{watching},\"server_cpu_us_per_change\":{server_change_us},\"server_cpu_us_per_stream_change\":{server_us},\"loader_cpu_us_per_stream_change\":{loader_us},\"errors\":{errors:?}}}"
     );
     Ok(())
 }
