@@ -432,4 +432,44 @@ mod tests {
             .unwrap();
         assert!(Arc::ptr_eq(&bill, &bill2));
     }
+
+    #[test]
+    fn lookups_note_what_the_resources_depend_on() {
+        let mut r = Registry::new(100);
+        add(&mut r, "pay", "10.0.0.1");
+        let mut c = ResourceCache::new(100);
+        let eds = |app: &str| format!("outbound|9090||{app}.default");
+        let mut i = Interest::default();
+        // Built, then a cache hit: both note the application.
+        assert!(c
+            .get_noting(&r, "default", ResourceType::Endpoint, &eds("pay"), &mut i)
+            .is_some());
+        let mut hit = Interest::default();
+        assert!(c
+            .peek_noting("default", ResourceType::Endpoint, &eds("pay"), &mut hit)
+            .is_some());
+        assert_eq!(i, hit);
+        assert_eq!(i.apps, HashSet::from(["pay".to_string()]));
+        assert!(!i.namespace && !i.everything);
+
+        // A name that does not resolve depends on the whole namespace.
+        let mut ghost = Interest::default();
+        assert!(c
+            .get_noting(
+                &r,
+                "default",
+                ResourceType::Endpoint,
+                &eds("ghost"),
+                &mut ghost
+            )
+            .is_none());
+        assert!(ghost.namespace && ghost.apps.is_empty());
+
+        assert!(!i.covers(&ghost) && !ghost.covers(&i));
+        let mut both = i.clone();
+        both.merge(&ghost);
+        assert!(both.covers(&i) && both.covers(&ghost));
+        both.clear();
+        assert!(both.is_empty());
+    }
 }
