@@ -99,16 +99,8 @@ impl Interest {
         match dep {
             Dependency::Everything => self.everything = true,
             Dependency::Namespace => self.namespace = true,
-            Dependency::App(a) => {
-                if !self.apps.contains(a) {
-                    self.apps.insert(a.clone());
-                }
-            }
-            Dependency::Service(s) => {
-                if !self.services.contains(s) {
-                    self.services.insert(s.clone());
-                }
-            }
+            Dependency::App(a) => insert_missing(&mut self.apps, a),
+            Dependency::Service(s) => insert_missing(&mut self.services, s),
             Dependency::Nothing => {}
         }
     }
@@ -140,6 +132,13 @@ impl Interest {
         self.namespace = false;
         self.apps.clear();
         self.services.clear();
+    }
+}
+
+/// Inserts `name` unless present: a lookup allocates nothing when it is.
+fn insert_missing(set: &mut HashSet<String>, name: &str) {
+    if !set.contains(name) {
+        set.insert(name.to_string());
     }
 }
 

@@ -29,7 +29,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
-use tokio::sync::watch;
 use tonic::Status;
 
 use crate::cache::{Changes, Interest, ResourceCache};
@@ -135,7 +134,8 @@ struct Inner {
     node: Arc<Node>,
     config: XdsConfig,
     cache: RwLock<ResourceCache>,
-    generation: watch::Sender<Generation>,
+    /// The latest generation published.
+    generation: Mutex<Generation>,
     /// Each stream's slot; its status is read from the stream's own state
     /// when the list is asked for, so pushes and ACKs never touch this map.
     clients: Mutex<BTreeMap<u64, Arc<Slot>>>,
@@ -322,7 +322,7 @@ impl AdsServer {
             );
         });
         let revision = node.shared().revision();
-        let (generation, _) = watch::channel(Generation {
+        let generation = Mutex::new(Generation {
             revision,
             changed_at: Instant::now(),
         });
@@ -461,7 +461,7 @@ impl Inner {
 
     /// The latest generation.
     fn generation(&self) -> Generation {
-        *self.generation.borrow()
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes a generation, then wakes the streams it may concern.
@@ -471,7 +471,7 @@ impl Inner {
     /// either this sees the stream's new interest, or the stream sees the
     /// new generation and re-checks itself: no change is missed.
     fn publish(&self, generation: Generation, changes: &Changes) {
-        self.generation.send_replace(generation);
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = generation;
         let mut woken = 0;
         let mut wake = |slot: &Arc<Slot>| {
             slot.wake.notify_one();

@@ -350,12 +350,8 @@ enum Event<R> {
 
 impl<P: Protocol> Drop for AdsStream<P> {
     fn drop(&mut self) {
-        if let (Some(ns), false) = (&self.ns, self.interest.is_empty()) {
-            self.inner
-                .watchers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(self.id, ns, &self.interest);
+        if !self.interest.is_empty() {
+            self.watch(Interest::default());
         }
         self.inner.close(self.id, P::VARIANT);
     }

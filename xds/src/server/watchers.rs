@@ -59,7 +59,9 @@ impl<T> Default for Watchers<T> {
 }
 
 impl<T: Clone> Watchers<T> {
-    /// Stream `id` of namespace `ns` now watches `new` instead of `old`.
+    /// Stream `id` of namespace `ns` now watches `new` instead of `old`
+    /// (an empty `new` when it is gone: `handle` is only taken for what is
+    /// added).
     pub(super) fn replace(
         &mut self,
         id: u64,
@@ -94,28 +96,6 @@ impl<T: Clone> Watchers<T> {
                 by.entry(added.clone())
                     .or_default()
                     .insert(id, handle.clone());
-            }
-        }
-        if w.is_empty() {
-            self.namespaces.remove(ns);
-        }
-    }
-
-    /// Stream `id` of namespace `ns`, watching `interest`, is gone.
-    pub(super) fn remove(&mut self, id: u64, ns: &str, interest: &Interest) {
-        if interest.everything {
-            self.everything.remove(&id);
-        }
-        let Some(w) = self.namespaces.get_mut(ns) else {
-            return;
-        };
-        w.any.remove(&id);
-        for (by, names) in [
-            (&mut w.apps, &interest.apps),
-            (&mut w.services, &interest.services),
-        ] {
-            for name in names {
-                unwatch(by, name, id);
             }
         }
         if w.is_empty() {
@@ -252,8 +232,8 @@ mod tests {
         );
 
         // Gone streams are forgotten, and so are emptied namespaces.
-        w.remove(4, "prod", &interest(&["pay"], &[], false));
-        w.remove(5, "istio-system", &all);
+        w.replace(4, &"", "prod", &interest(&["pay"], &[], false), &none);
+        w.replace(5, &"", "istio-system", &all, &none);
         assert_eq!(
             woken(&w, &change("prod", &["pay"], &[])),
             Vec::<&str>::new()
@@ -265,7 +245,7 @@ mod tests {
             (2, interest(&["bill"], &["svc.Bill"], false)),
             (3, interest(&["pay"], &[], false)),
         ] {
-            w.remove(id, "default", &i);
+            w.replace(id, &"", "default", &i, &none);
         }
         assert!(w.namespaces.is_empty());
     }
