@@ -12,9 +12,10 @@
 //! is used first, and a connection idle for [`IDLE_TIMEOUT`] or longer is
 //! dropped when it is met (taken, or found at the bottom when one is put
 //! back), or by the sweep [`Endpoint::sweep`] the proxy runs every 15 s,
-//! which also closes idle connections the upstream has closed. New connections are dialled within the cluster's connect
-//! timeout, to the endpoint's socket address (parsed once, in
-//! [`Endpoint::new`]) or, for a DNS name, to each resolved address in turn.
+//! which also closes idle connections the upstream has closed. New
+//! connections are dialled within the cluster's connect timeout, to the
+//! endpoint's socket address (parsed once, in [`Endpoint::new`]) or, for a
+//! DNS name, to each resolved address in turn.
 //! A connection goes back to the pool when its response body ended
 //! cleanly and the exchange allows reuse: an HTTP/1.1 response without
 //! `connection: close`, a request without it, a body framed by length or

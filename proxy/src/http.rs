@@ -592,10 +592,7 @@ async fn forward(
                 }
             }
         };
-        let result = match budget {
-            Some(b) => tokio::time::timeout(b, call).await.ok(),
-            None => Some(call.await),
-        };
+        let result = crate::within(budget, call).await;
         let retries_left = !last_try
             && replay.is_some()
             && deadline.is_none_or(|d| Instant::now() < d)

@@ -250,6 +250,17 @@ async fn sweep_idle_connections(proxy: Arc<Proxy>) {
     }
 }
 
+/// `f`'s output, or `None` when `limit` (if any) passes first.
+pub(crate) async fn within<F: std::future::Future>(
+    limit: Option<Duration>,
+    f: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(t) => tokio::time::timeout(t, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
 /// Resolves once the watched flag is true (never, if the sender is gone).
 pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {

@@ -369,12 +369,8 @@ async fn detect(stream: &TcpStream, timeout: Option<Duration>) -> Detected {
             }
         }
     };
-    let n = match timeout {
-        Some(t) => match tokio::time::timeout(t, peek).await {
-            Ok(n) => n,
-            Err(_) => return Detected::TimedOut,
-        },
-        None => peek.await,
+    let Some(n) = crate::within(timeout, peek).await else {
+        return Detected::TimedOut;
     };
     if is_http_prefix(&buf[..n]) {
         Detected::Http

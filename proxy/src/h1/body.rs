@@ -33,12 +33,17 @@ pub(super) struct Streaming {
 }
 
 impl Streaming {
-    /// The body ended cleanly: the connection goes back to the pool when
-    /// reusable and nothing follows the response.
+    /// The body ended cleanly: see [`release`].
     pub(super) fn release(self) {
-        if self.reusable && self.conn.rbuf.is_empty() {
-            self.ep.put(self.conn);
-        }
+        release(&self.ep, self.conn, self.reusable);
+    }
+}
+
+/// A response body ended cleanly: the connection goes back to `ep`'s pool
+/// when reusable and nothing follows the response, else it closes.
+fn release(ep: &Endpoint, conn: Conn, reusable: bool) {
+    if reusable && conn.rbuf.is_empty() {
+        ep.put(conn);
     }
 }
 
@@ -53,9 +58,7 @@ impl ResponseBody {
     ) -> Self {
         let decoder = match framing {
             Framing::Empty => {
-                if reusable && conn.rbuf.is_empty() {
-                    ep.put(conn);
-                }
+                release(ep, conn, reusable);
                 return ResponseBody {
                     state: BodyState::Done,
                 };
@@ -63,9 +66,7 @@ impl ResponseBody {
             Framing::Length(n) if n <= conn.rbuf.len() as u64 => {
                 // `n` fits: it is at most the buffer's length.
                 let body = conn.rbuf.split_to(n as usize).freeze();
-                if reusable && conn.rbuf.is_empty() {
-                    ep.put(conn);
-                }
+                release(ep, conn, reusable);
                 return ResponseBody {
                     state: BodyState::Full(body),
                 };

@@ -246,9 +246,7 @@ impl Decoder {
                 if buf.is_empty() {
                     return Ok(Decoded::NeedMore);
                 }
-                let n = buf.len().min(usize::try_from(*rem).unwrap_or(usize::MAX));
-                *rem -= n as u64;
-                Ok(Decoded::Data(buf.split_to(n).freeze()))
+                Ok(Decoded::Data(split_at_most(buf, rem)))
             }
             Decoder::Chunked(c) => c.decode(buf),
             Decoder::Close if buf.is_empty() => Ok(Decoded::NeedMore),
@@ -273,6 +271,14 @@ impl Decoder {
             _ => Err(Error::BodyTruncated),
         }
     }
+}
+
+/// Splits off the first `*rem` bytes of `buf`, or all of it when shorter,
+/// and counts them off `rem` (no copy).
+fn split_at_most(buf: &mut BytesMut, rem: &mut u64) -> Bytes {
+    let n = buf.len().min(usize::try_from(*rem).unwrap_or(usize::MAX));
+    *rem -= n as u64;
+    buf.split_to(n).freeze()
 }
 
 /// Where a chunked decoder is (RFC 9112 §7.1).
@@ -328,14 +334,14 @@ impl ChunkedDecoder {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let n = buf.len().min(usize::try_from(rem).unwrap_or(usize::MAX));
-                    let left = rem - n as u64;
+                    let mut left = rem;
+                    let data = split_at_most(buf, &mut left);
                     self.state = if left == 0 {
                         ChunkState::DataEnd
                     } else {
                         ChunkState::Data(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 ChunkState::DataEnd => {
                     if buf.len() < 2 {

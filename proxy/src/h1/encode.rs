@@ -74,27 +74,24 @@ pub(super) fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderVal
     buf.extend_from_slice(b"\r\n");
 }
 
-pub(super) fn push_dec(buf: &mut Vec<u8>, mut n: u64) {
+/// `n` in decimal (a `content-length`).
+pub(super) fn push_dec(buf: &mut Vec<u8>, n: u64) {
+    push_digits::<10>(buf, n);
+}
+
+/// `n` in lowercase hexadecimal (a chunk size).
+pub(super) fn push_hex(buf: &mut Vec<u8>, n: u64) {
+    push_digits::<16>(buf, n);
+}
+
+fn push_digits<const RADIX: u64>(buf: &mut Vec<u8>, mut n: u64) {
+    // 20 digits hold u64::MAX in decimal, so any radix from 10 up.
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
-
-pub(super) fn push_hex(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
+        digits[i] = b"0123456789abcdef"[(n % RADIX) as usize];
+        n /= RADIX;
         if n == 0 {
             break;
         }

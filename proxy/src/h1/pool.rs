@@ -54,9 +54,9 @@ impl Endpoint {
 
     /// Closes the idle connections that have expired or that the upstream
     /// has closed (or written to unasked); returns how many. Run for every
-    /// endpoint by [`crate::runtime::Runtime::sweep_pools`] every quarter of
-    /// [`IDLE_TIMEOUT`], so sockets of an
-    /// endpoint no longer used do not linger until it is.
+    /// endpoint by [`crate::runtime::Runtime::sweep_pools`] every quarter
+    /// of [`IDLE_TIMEOUT`], so sockets of an endpoint no longer used do not
+    /// linger until it is.
     pub fn sweep(&self) -> usize {
         // Checked outside the lock (a system call each); what is put back
         // meanwhile is newer, so it stays on top.
@@ -207,7 +207,6 @@ impl Conn {
         poll_fn(|cx| self.poll_read(cx)).await
     }
 
-    /// Writes `wbuf` out and clears it.
     /// Writes what is buffered and then `data`, in one call and without
     /// copying `data` into the buffer.
     pub(super) async fn write_through(&mut self, data: &[u8]) -> Result<(), Error> {
@@ -220,6 +219,7 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes `wbuf` out and clears it.
     pub(super) async fn flush(&mut self) -> Result<(), Error> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await.map_err(Error::Write)?;
