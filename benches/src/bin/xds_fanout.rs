@@ -204,6 +204,11 @@ struct Tracker {
 }
 
 impl Tracker {
+    /// Whether the stream watches `--app` (only those look for changes).
+    fn watching(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
     /// Looks at the ClusterLoadAssignments of one response received at `at`.
     fn on_resources<'a>(&mut self, at: Instant, resources: impl Iterator<Item = &'a [u8]>) {
         let mut found = false;
@@ -224,7 +229,7 @@ impl Tracker {
             self.initial = true;
             self.open_slot = None;
             let _ = self.events.send(Event::Initial {
-                watching: !self.changes.is_empty(),
+                watching: self.watching(),
             });
         }
     }
@@ -233,7 +238,7 @@ impl Tracker {
         self.open_slot = None;
         let _ = self.events.send(Event::Ended {
             error,
-            watching: !self.changes.is_empty(),
+            watching: self.watching(),
         });
     }
 }
