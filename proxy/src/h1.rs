@@ -28,10 +28,14 @@
 //! 1. A connection taken from the pool is first checked with a
 //!    non-blocking `try_read`: an idle connection that is readable is at
 //!    EOF, reset, or carries bytes nobody asked for (a `408` sent before
-//!    closing); it is dropped and the next one is taken. This costs no
-//!    extra system call in steady state: the read that would otherwise
-//!    find the socket empty after the request is written is just made
-//!    earlier. It is the only rule for a streamed (non-replayable) body.
+//!    closing); it is dropped and the next one is taken. Responses are
+//!    read through tokio's `AsyncRead`, which marks the socket not
+//!    readable after a read that did not fill the buffer, so in steady
+//!    state the check makes no system call at all: `try_read` reads only
+//!    when the reactor has seen the socket become readable since the last
+//!    response. A close the reactor has not seen yet (one that arrived
+//!    while the proxy was busy) passes the check and is caught by rule 2.
+//!    It is the only rule for a streamed (non-replayable) body.
 //! 2. When a reused connection still fails before **any** response byte
 //!    was read (EOF, reset, a write error such as `EPIPE`) and the request
 //!    body is replayable ([`RequestBody::Replay`]), the request is sent

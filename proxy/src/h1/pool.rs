@@ -193,14 +193,11 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPACE {
             self.rbuf.reserve(READ_RESERVE);
         }
-        loop {
-            match self.io.try_read_buf(&mut self.rbuf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.io.poll_read_ready(cx))?;
-                }
-                r => return Poll::Ready(r),
-            }
-        }
+        // Through tokio's `AsyncRead`, which (unlike `try_read_buf`) marks
+        // the socket not readable after a read that did not fill the
+        // buffer: the next `is_quiet` then costs no system call unless
+        // something arrived since.
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
 
     pub(super) async fn read(&mut self) -> io::Result<usize> {
