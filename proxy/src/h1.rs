@@ -1,9 +1,10 @@
-//! The HTTP/1.1 upstream client and its per-endpoint connection pool.
+//! HTTP/1.1: the upstream client with its per-endpoint connection pool,
+//! and the downstream server ([`server`]).
 //!
 //! [`send`] writes one request to an upstream and reads its response head
 //! on the task that calls it; the returned [`ResponseBody`] then reads the
-//! body from the same socket, on whatever task polls it (hyper's server
-//! polls it inside the downstream connection's task). So a request costs
+//! body from the same socket, on whatever task polls it (the downstream
+//! connection's task, whether [`server`] or hyper's server serves it). So a request costs
 //! no task hop, no channel and no connect future when a pooled connection
 //! is idle: the socket is read and written directly.
 //!
@@ -71,10 +72,11 @@
 //! body waits for it; HTTP/2 upstreams have no such limit); HTTP/1.0
 //! keep-alive (an HTTP/1.0 response is never reused).
 //!
-//! **Layout:** this file holds the exchange ([`send`]) and its request
-//! types; `pool` the [`Endpoint`] and its idle connections; `encode` the
-//! request head and chunk framing; `decode` the response head, framing and
-//! body decoders; `body` the [`ResponseBody`].
+//! **Layout:** this file holds the exchange ([`send`]), its request types
+//! and the body writer both directions share; `pool` the [`Endpoint`], its
+//! idle connections and the connection type both directions use; `encode`
+//! heads and body framing; `decode` the response head, framing and body
+//! decoders; `body` the [`ResponseBody`]; [`server`] the downstream side.
 
 use std::error::Error as StdError;
 use std::future::poll_fn;
@@ -208,6 +210,7 @@ mod body;
 mod decode;
 mod encode;
 mod pool;
+pub mod server;
 
 pub use body::ResponseBody;
 use decode::*;
@@ -248,17 +251,6 @@ pub enum RequestBody<B = Incoming> {
     Replay(Bytes),
     /// Streamed from downstream, sent once.
     Stream(B),
-}
-
-/// How a request body is framed on the wire (RFC 9112 §6.2, §7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReqFraming {
-    /// No body and no framing field.
-    None,
-    /// `content-length: n`.
-    Length(u64),
-    /// `transfer-encoding: chunked`.
-    Chunked,
 }
 
 /// Sends one request to `ep` over a pooled or new connection (dialled
@@ -343,53 +335,87 @@ async fn exchange_replay(
                 | Method::TRACE
                 | Method::CONNECT
         ) {
-        ReqFraming::None
+        Framing::Empty
     } else {
-        ReqFraming::Length(body.len() as u64)
+        Framing::Length(body.len() as u64)
     };
     conn.wbuf.clear();
     encode_head(&mut conn.wbuf, head, authority, framing);
     if body.len() <= COALESCE_BODY {
         conn.wbuf.extend_from_slice(body);
-        conn.flush().await?;
+        conn.flush().await.map_err(Error::Write)?;
     } else {
-        conn.write_through(body).await?;
+        conn.write_through(body).await.map_err(Error::Write)?;
     }
     read_head(conn, started).await
 }
 
-/// Writes the request with a streamed body, coalescing the head and the
-/// frames already available into one write.
+/// Writes the request with a streamed body, framed by its exact size
+/// when known, else chunked.
 async fn write_stream<B>(
     conn: &mut Conn,
     head: &RequestHead<'_>,
     authority: &str,
-    mut body: B,
+    body: B,
 ) -> Result<(), Error>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     let framing = match body.size_hint().exact() {
-        Some(n) => ReqFraming::Length(n),
-        None => ReqFraming::Chunked,
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
     };
     conn.wbuf.clear();
     encode_head(&mut conn.wbuf, head, authority, framing);
+    write_body(conn, framing, head.headers, body)
+        .await
+        .map_err(|e| match e {
+            WriteError::Io(e) => Error::Write(e),
+            WriteError::Body(e) => Error::RequestBody(e),
+            WriteError::Length => Error::RequestBodyLength,
+        })
+}
+
+/// Why writing a message body failed.
+#[derive(Debug)]
+enum WriteError {
+    /// Writing to the socket.
+    Io(io::Error),
+    /// The body's own error (reading it from its source).
+    Body(BoxError),
+    /// The body's length differs from the `content-length` written.
+    Length,
+}
+
+/// Writes `body` after the head already in `conn.wbuf`, framed by
+/// `framing` (RFC 9112 §6, §7.1), coalescing the head and the frames
+/// already available into one write: it waits for the body (after
+/// writing what is buffered) only when no frame is ready. A chunked body
+/// ends with the trailers that `headers`' `trailer` field declares
+/// ([`encode_trailers`]); `Framing::Empty` writes the head alone.
+async fn write_body<B>(
+    conn: &mut Conn,
+    framing: Framing,
+    headers: &HeaderMap,
+    mut body: B,
+) -> Result<(), WriteError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let mut sent = 0u64;
     let mut trailers = None;
-    while !body.is_end_stream() {
-        // Take what is ready now; wait (after writing what is buffered)
-        // only when nothing is.
+    while framing != Framing::Empty && !body.is_end_stream() {
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                conn.flush().await?;
+                conn.flush().await.map_err(WriteError::Io)?;
                 body.frame().await
             }
         };
         let Some(frame) = frame else { break };
-        let frame = frame.map_err(|e| Error::RequestBody(e.into()))?;
+        let frame = frame.map_err(|e| WriteError::Body(e.into()))?;
         let data = match frame.into_data() {
             Ok(d) => d,
             Err(f) => {
@@ -404,8 +430,8 @@ where
         }
         sent += data.len() as u64;
         match framing {
-            ReqFraming::Length(n) if sent > n => return Err(Error::RequestBodyLength),
-            ReqFraming::Chunked => {
+            Framing::Length(n) if sent > n => return Err(WriteError::Length),
+            Framing::Chunked => {
                 push_hex(&mut conn.wbuf, data.len() as u64);
                 conn.wbuf.extend_from_slice(b"\r\n");
             }
@@ -414,28 +440,28 @@ where
         if conn.wbuf.len() + data.len() <= COALESCE_BODY {
             conn.wbuf.extend_from_slice(&data);
         } else {
-            conn.write_through(&data).await?;
+            conn.write_through(&data).await.map_err(WriteError::Io)?;
         }
         match framing {
-            ReqFraming::Chunked => conn.wbuf.extend_from_slice(b"\r\n"),
+            Framing::Chunked => conn.wbuf.extend_from_slice(b"\r\n"),
             // All that was declared is there: the body is complete on the
             // wire, whether or not the stream has said so yet.
-            ReqFraming::Length(n) if sent == n => break,
+            Framing::Length(n) if sent == n => break,
             _ => {}
         }
     }
     match framing {
-        ReqFraming::Length(n) if sent != n => return Err(Error::RequestBodyLength),
-        ReqFraming::Chunked => {
+        Framing::Length(n) if sent != n => return Err(WriteError::Length),
+        Framing::Chunked => {
             conn.wbuf.extend_from_slice(b"0\r\n");
             if let Some(t) = &trailers {
-                encode_trailers(&mut conn.wbuf, head.headers, t);
+                encode_trailers(&mut conn.wbuf, headers, t);
             }
             conn.wbuf.extend_from_slice(b"\r\n");
         }
         _ => {}
     }
-    conn.flush().await
+    conn.flush().await.map_err(WriteError::Io)
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@
 //! overflow (circuit breaker), `UF` connect failure, `UR` reset, `UT`
 //! timeout.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -201,7 +200,7 @@ pub fn local_reply(status: StatusCode, flags: &'static str, msg: &str) -> Respon
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -286,14 +285,24 @@ impl Peer {
     }
 }
 
+/// A downstream request's body, as the forwarding path takes it.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Read whole (by [`h1::server`]); replayable.
+    Buffered(Bytes),
+    /// Streamed by hyper's server (HTTP/2, and the HTTP/1.1 requests that
+    /// [`h1::server`] hands over).
+    Stream(Incoming),
+}
+
 /// Handles one downstream request from `peer` on an HTTP listener whose
 /// routes are the route table `route_name`.
 pub async fn handle(
-    proxy: Arc<crate::Proxy>,
-    route_name: Arc<str>,
-    peer: Peer,
-    req: Request<Incoming>,
-) -> Result<Response<RespBody>, Infallible> {
+    proxy: &crate::Proxy,
+    route_name: &str,
+    peer: &Peer,
+    req: Request<Inbound>,
+) -> Response<RespBody> {
     let access_log = proxy.bootstrap.access_log;
     let start = Instant::now();
     let (method, path, version) = if access_log {
@@ -310,7 +319,7 @@ pub async fn handle(
         flags: "-",
         ..Default::default()
     };
-    let mut resp = forward(&proxy, &route_name, &peer, req, &mut out).await;
+    let mut resp = forward(proxy, route_name, peer, req, &mut out).await;
     if proxy.is_draining() && resp.version() != Version::HTTP_2 {
         // Draining: ask HTTP/1.1 clients to reconnect (to the new binary).
         resp.headers_mut()
@@ -330,14 +339,14 @@ pub async fn handle(
             out.upstream.as_deref().unwrap_or("-"),
         );
     }
-    Ok(resp)
+    resp
 }
 
 async fn forward(
     proxy: &crate::Proxy,
     route_name: &str,
     peer: &Peer,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     out: &mut LogInfo,
 ) -> Response<RespBody> {
     let rt = proxy.runtime();
@@ -448,24 +457,30 @@ async fn forward(
     }
     append_forwarded_for(&mut parts.headers, peer);
 
-    // Body: replayable when empty or small with a declared length.
-    let declared = body.size_hint().exact();
-    let may_retry = f.retry.is_some();
-    let (replay, mut once): (Option<Bytes>, Option<Incoming>) = if body.is_end_stream() {
-        (Some(Bytes::new()), None)
-    } else if may_retry && declared.is_some_and(|n| n <= MAX_REPLAY_BODY) {
-        match body.collect().await {
-            Ok(c) => (Some(c.to_bytes()), None),
-            Err(e) => {
-                return out.reply(
-                    StatusCode::BAD_REQUEST,
-                    "DR",
-                    &format!("reading the request body: {e}"),
-                );
+    // Body: replayable when read whole, empty, or small with a declared
+    // length (then buffered here).
+    let (replay, mut once): (Option<Bytes>, Option<Incoming>) = match body {
+        Inbound::Buffered(b) => (Some(b), None),
+        Inbound::Stream(body) if body.is_end_stream() => (Some(Bytes::new()), None),
+        Inbound::Stream(body)
+            if f.retry.is_some()
+                && body
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n <= MAX_REPLAY_BODY) =>
+        {
+            match body.collect().await {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(e) => {
+                    return out.reply(
+                        StatusCode::BAD_REQUEST,
+                        "DR",
+                        &format!("reading the request body: {e}"),
+                    );
+                }
             }
         }
-    } else {
-        (None, Some(body))
+        Inbound::Stream(body) => (None, Some(body)),
     };
     let idem = idempotent(&parts.method);
     let retry = f.retry.clone().unwrap_or_default();
@@ -592,7 +607,13 @@ async fn forward(
                 }
             }
         };
-        let result = crate::within(budget, call).await;
+        // Not `crate::within`: an async fn taking `call` would hold it
+        // twice (its argument and its timeout's), making this future
+        // larger, and each move of it costlier.
+        let result = match budget {
+            Some(b) => tokio::time::timeout(b, call).await.ok(),
+            None => Some(call.await),
+        };
         let retries_left = !last_try
             && replay.is_some()
             && deadline.is_none_or(|d| Instant::now() < d)

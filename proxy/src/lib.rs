@@ -261,6 +261,27 @@ pub(crate) async fn within<F: std::future::Future>(
     }
 }
 
+/// How far a listener's drain has gone, as its connections see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Drain {
+    /// Not draining.
+    Serving,
+    /// Draining: finish what is in flight, then close.
+    Graceful,
+    /// The drain timed out: close now.
+    Now,
+}
+
+/// Resolves once `rx` says the drain has reached `level` (never, if its
+/// sender is gone first).
+pub(crate) async fn drained(mut rx: watch::Receiver<Drain>, level: Drain) {
+    while *rx.borrow_and_update() < level {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Resolves once the watched flag is true (never, if the sender is gone).
 pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {

@@ -22,22 +22,32 @@
 //!   passed on to the other (half-close), until both sides are done.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ListenerCfg;
+use crate::h1;
+use crate::http::Inbound;
 use crate::runtime::{EndpointState, PickCtx};
-use crate::Proxy;
+use crate::{Drain, Proxy};
 
 /// Counters of one listener.
 #[derive(Debug, Default)]
@@ -226,11 +236,12 @@ async fn serve(
     let drain_timeout = Duration::from_millis(proxy.bootstrap.drain_timeout_ms);
     let accept_for = (drain_timeout / 2).min(Duration::from_secs(2));
     let mut accept_until: Option<tokio::time::Instant> = None;
-    // The graceful shutdown waits for every watcher it handed out, TCP
-    // proxy connections' included (they hold theirs to the end), but it
-    // can only close hyper connections: `tcp_close` ends the TCP proxy
-    // connections still open when the drain times out.
-    let (tcp_close, tcp_close_rx) = watch::channel(false);
+    // The graceful shutdown waits for every watcher it handed out, those
+    // of `h1::server` and TCP proxy connections included (they hold theirs
+    // to the end), but it can only close hyper connections: `drain` tells
+    // the others to close when idle (`Graceful`) and when the drain times
+    // out (`Now`).
+    let (drain, drain_rx) = watch::channel(Drain::Serving);
     let spawn_conn = |stream: TcpStream, remote: SocketAddr| {
         let _ = stream.set_nodelay(true);
         stats.cx_total.fetch_add(1, Relaxed);
@@ -239,13 +250,10 @@ async fn serve(
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let stats = Arc::clone(&stats);
-        let tcp_close = tcp_close_rx.clone();
+        let drain = drain_rx.clone();
         tokio::spawn(async move {
             stats.cx_active.fetch_add(1, Relaxed);
-            handle_conn(
-                proxy, c, stream, remote, builder, watcher, &stats, tcp_close,
-            )
-            .await;
+            handle_conn(proxy, c, stream, remote, builder, watcher, &stats, drain).await;
             stats.cx_active.fetch_sub(1, Relaxed);
         });
     };
@@ -287,12 +295,13 @@ async fn serve(
     }
     drop(sock);
     let rest = drain_timeout.saturating_sub(accept_for);
+    drain.send_replace(Drain::Graceful);
     if tokio::time::timeout(rest, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout: closing the remaining connections");
-        tcp_close.send_replace(true);
+        drain.send_replace(Drain::Now);
     }
 }
 
@@ -305,7 +314,7 @@ async fn handle_conn(
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     stats: &ListenerStats,
-    tcp_close: watch::Receiver<bool>,
+    drain: watch::Receiver<Drain>,
 ) {
     let is_http = match (&cfg.http, &cfg.tcp_cluster) {
         (Some(_), None) => true,
@@ -326,21 +335,92 @@ async fn handle_conn(
         let Some(http) = cfg.http else { return };
         let route: Arc<str> = Arc::from(http.route_name.as_str());
         let peer = crate::http::Peer::new(remote);
-        let svc = service_fn(move |req| {
-            crate::http::handle(Arc::clone(&proxy), Arc::clone(&route), peer.clone(), req)
+        // HTTP/1.1 is served by `h1::server` (the `watcher` held meanwhile
+        // keeps the listener's drain waiting for it); HTTP/2 and the
+        // requests it does not serve continue under hyper's server.
+        let handler = |req: Request<Bytes>| {
+            crate::http::handle(&proxy, &route, &peer, req.map(Inbound::Buffered))
+        };
+        let Some(handover) = h1::server::serve(stream, handler, &drain).await else {
+            return;
+        };
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let (proxy, route, peer) = (Arc::clone(&proxy), Arc::clone(&route), peer.clone());
+            async move {
+                let resp =
+                    crate::http::handle(&proxy, &route, &peer, req.map(Inbound::Stream)).await;
+                Ok::<_, Infallible>(resp)
+            }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let io = Rewind {
+            read: handover.read,
+            io: handover.io,
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
         if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(%remote, error = %e, "downstream connection ended with an error");
         }
     } else if let Some(cluster) = cfg.tcp_cluster {
         // Held to the end: the listener's drain waits for it.
         let _drain = watcher;
-        tcp_proxy(&proxy, &cluster, stream, remote, stats, tcp_close).await;
+        tcp_proxy(&proxy, &cluster, stream, remote, stats, drain).await;
     } else {
         stats.cx_no_chain.fetch_add(1, Relaxed);
+    }
+}
+
+/// A client connection whose first bytes were already read (by
+/// `h1::server`): they are read again first.
+#[derive(Debug)]
+struct Rewind {
+    read: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -408,7 +488,7 @@ async fn tcp_proxy(
     mut down: TcpStream,
     remote: SocketAddr,
     stats: &ListenerStats,
-    mut close: watch::Receiver<bool>,
+    drain: watch::Receiver<Drain>,
 ) {
     // The cluster, not the whole runtime, is kept for the connection's life.
     let Some(c) = proxy.runtime().clusters.get(cluster).map(Arc::clone) else {
@@ -441,7 +521,7 @@ async fn tcp_proxy(
                             tracing::debug!(%remote, upstream = %addr, error = %e, "TCP proxy connection ended with an error");
                         }
                     }
-                    _ = crate::until_true(&mut close) => {
+                    () = crate::drained(drain.clone(), Drain::Now) => {
                         tracing::debug!(%remote, upstream = %addr, "TCP proxy connection closed by the drain");
                     }
                 }

@@ -54,17 +54,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Error
                 if len > MAX_HEAD {
                     return Err(Error::HeadTooLarge);
                 }
-                let base = buf.as_ptr() as usize;
-                for (slot, h) in at.iter_mut().zip(resp.headers.iter()) {
-                    let ns = (h.name.as_ptr() as usize).wrapping_sub(base);
-                    let vs = (h.value.as_ptr() as usize).wrapping_sub(base);
-                    *slot = [
-                        ns,
-                        ns.wrapping_add(h.name.len()),
-                        vs,
-                        vs.wrapping_add(h.value.len()),
-                    ];
-                }
+                field_offsets(buf, resp.headers, &mut at);
                 (
                     len,
                     resp.code.unwrap_or(0),
@@ -89,19 +79,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Error
             headers,
         }));
     }
-    headers.reserve(count);
-    for [ns, ne, vs, ve] in at.iter().take(count).copied() {
-        // The offsets are within the head (httparse returns slices of its
-        // input); `get` keeps a surprise from becoming a panic.
-        let name = head.get(ns..ne).ok_or(Error::InvalidHeader)?;
-        if head.get(vs..ve).is_none() {
-            return Err(Error::InvalidHeader);
-        }
-        let name = HeaderName::from_bytes(name).map_err(|_| Error::InvalidHeader)?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| Error::InvalidHeader)?;
-        headers.append(name, value);
-    }
+    fields_from(&head, &at[..count], &mut headers).ok_or(Error::InvalidHeader)?;
     Ok(Some(ParsedHead {
         status,
         http11,
@@ -109,16 +87,51 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Error
     }))
 }
 
-/// How a response body is delimited (RFC 9112 §6.3).
+/// Records where each parsed field's name and value lie in `buf` (start
+/// and end offsets of each), so that the fields can be taken from the
+/// head once it is split off and frozen.
+pub(super) fn field_offsets(buf: &[u8], fields: &[httparse::Header<'_>], at: &mut [[usize; 4]]) {
+    let base = buf.as_ptr() as usize;
+    for (slot, h) in at.iter_mut().zip(fields) {
+        let ns = (h.name.as_ptr() as usize).wrapping_sub(base);
+        let vs = (h.value.as_ptr() as usize).wrapping_sub(base);
+        *slot = [
+            ns,
+            ns.wrapping_add(h.name.len()),
+            vs,
+            vs.wrapping_add(h.value.len()),
+        ];
+    }
+}
+
+/// Appends the fields at `at` (from [`field_offsets`]) in `head` to `map`,
+/// their values sharing the head's memory (no copy); `None` when a name
+/// or value is not valid.
+pub(super) fn fields_from(head: &Bytes, at: &[[usize; 4]], map: &mut HeaderMap) -> Option<()> {
+    map.reserve(at.len());
+    for [ns, ne, vs, ve] in at.iter().copied() {
+        // The offsets are within the head (httparse returns slices of its
+        // input); `get` keeps a surprise from becoming a panic.
+        let name = head.get(ns..ne)?;
+        head.get(vs..ve)?;
+        let name = HeaderName::from_bytes(name).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()?;
+        map.append(name, value);
+    }
+    Some(())
+}
+
+/// How a message body is delimited (RFC 9112 §6.3): as a response is
+/// read from an upstream, and as a message is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Framing {
-    /// No body.
+    /// No body (and, written, no framing field).
     Empty,
     /// `content-length` bytes.
     Length(u64),
     /// Chunked coding.
     Chunked,
-    /// Until the upstream closes.
+    /// Until the connection closes.
     Close,
 }
 
@@ -185,9 +198,21 @@ pub(super) fn response_framing(
 /// The `content-length` value: every field line and list member must be
 /// the same decimal number (RFC 9110 §8.6, RFC 9112 §6.3 rule 5).
 pub(super) fn content_length(h: &HeaderMap) -> Result<Option<u64>, Error> {
+    parse_content_length(
+        h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// [`content_length`] over the raw values of the `content-length` field
+/// lines.
+pub(super) fn parse_content_length<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<u64>, Error> {
     let mut len = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        let s = v.to_str().map_err(|_| Error::InvalidContentLength)?;
+    for v in values {
+        let s = std::str::from_utf8(v).map_err(|_| Error::InvalidContentLength)?;
         for part in s.split(',').map(str::trim) {
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(Error::InvalidContentLength);

@@ -1,4 +1,4 @@
-//! Request heads and chunked-body framing on the wire (RFC 9112).
+//! Message heads and body framing on the wire (RFC 9112).
 
 use super::*;
 
@@ -7,7 +7,7 @@ pub(super) fn encode_head(
     buf: &mut Vec<u8>,
     head: &RequestHead<'_>,
     authority: &str,
-    framing: ReqFraming,
+    framing: Framing,
 ) {
     buf.extend_from_slice(head.method.as_str().as_bytes());
     buf.push(b' ');
@@ -37,16 +37,23 @@ pub(super) fn encode_head(
         buf.extend_from_slice(authority.as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
+    push_framing(buf, framing);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// The framing field for `framing`: `content-length` or
+/// `transfer-encoding: chunked` (none for an empty or close-delimited
+/// body).
+pub(super) fn push_framing(buf: &mut Vec<u8>, framing: Framing) {
     match framing {
-        ReqFraming::None => {}
-        ReqFraming::Length(n) => {
+        Framing::Empty | Framing::Close => {}
+        Framing::Length(n) => {
             buf.extend_from_slice(b"content-length: ");
             push_dec(buf, n);
             buf.extend_from_slice(b"\r\n");
         }
-        ReqFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
-    buf.extend_from_slice(b"\r\n");
 }
 
 /// The trailer fields the request's `trailer` field declares (RFC 9110

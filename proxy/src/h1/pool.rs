@@ -206,20 +206,17 @@ impl Conn {
 
     /// Writes what is buffered and then `data`, in one call and without
     /// copying `data` into the buffer.
-    pub(super) async fn write_through(&mut self, data: &[u8]) -> Result<(), Error> {
+    pub(super) async fn write_through(&mut self, data: &[u8]) -> io::Result<()> {
         let mut out = (&self.wbuf[..]).chain(data);
-        self.io
-            .write_all_buf(&mut out)
-            .await
-            .map_err(Error::Write)?;
+        self.io.write_all_buf(&mut out).await?;
         self.wbuf.clear();
         Ok(())
     }
 
     /// Writes `wbuf` out and clears it.
-    pub(super) async fn flush(&mut self) -> Result<(), Error> {
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.io.write_all(&self.wbuf).await.map_err(Error::Write)?;
+            self.io.write_all(&self.wbuf).await?;
             self.wbuf.clear();
         }
         Ok(())

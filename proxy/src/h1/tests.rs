@@ -906,12 +906,7 @@ fn the_head_is_encoded_in_one_buffer() {
         overrides: &[],
     };
     let mut buf = Vec::new();
-    encode_head(
-        &mut buf,
-        &head,
-        "10.0.0.1:80",
-        ReqFraming::Length(1234567890),
-    );
+    encode_head(&mut buf, &head, "10.0.0.1:80", Framing::Length(1234567890));
     assert_eq!(
         String::from_utf8(buf).unwrap(),
         "DELETE / HTTP/1.1\r\nhost: a\r\ncontent-length: 1234567890\r\n\r\n"
