@@ -319,7 +319,11 @@ pub async fn handle(
         flags: "-",
         ..Default::default()
     };
-    let mut resp = forward(proxy, route_name, peer, req, &mut out).await;
+    // Boxed: the forwarding future is kilobytes (the upstream attempt, its
+    // timer, the retry state), needed only while a request is in flight;
+    // inline it would make every downstream connection's task that large
+    // for its whole life, idle or not.
+    let mut resp = Box::pin(forward(proxy, route_name, peer, req, &mut out)).await;
     if proxy.is_draining() && resp.version() != Version::HTTP_2 {
         // Draining: ask HTTP/1.1 clients to reconnect (to the new binary).
         resp.headers_mut()
