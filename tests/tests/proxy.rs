@@ -118,6 +118,31 @@ fn http1_h2c_and_grpc_through_two_sidecars() {
     assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
     assert_eq!(r.header("x-seen-body-bytes"), "3000");
 
+    // HTTP/1.1 bodies the sidecars' own server does not buffer (over
+    // 64 KiB, or chunked) are streamed by hyper's, on the same port.
+    let r = rt
+        .block_on(c.call(
+            false,
+            client.outbound,
+            "echo",
+            "POST",
+            "/big",
+            &[],
+            &[7u8; 100_000],
+        ))
+        .unwrap();
+    assert_eq!((r.status, r.header("x-seen-body-bytes")), (200, "100000"));
+    let r = rt.block_on(raw(
+        client.outbound,
+        b"POST /chunked HTTP/1.1\r\nhost: echo\r\ntransfer-encoding: chunked\r\n\
+          connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    ));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("x-seen-body-bytes: 11"),
+        "{r}"
+    );
+
     // A host nothing serves: 404 with the NR flag.
     let r = rt
         .block_on(c.get(client.outbound, "nobody.default", "/"))
