@@ -392,6 +392,20 @@ async fn bad_upstream(reply: &'static [u8]) -> u16 {
     port
 }
 
+/// A raw TCP "upstream" that reads requests and never answers (its
+/// connections stay open while the test runs).
+async fn silent_upstream() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    port
+}
+
 async fn raw(port: u16, bytes: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -411,6 +425,8 @@ fn bad_requests_and_bad_upstreams_get_the_right_status_and_never_crash_the_proxy
     register(&s, "garbage", garbage, "");
     let closer = rt.block_on(bad_upstream(b""));
     register(&s, "closer", closer, "");
+    let silent = rt.block_on(silent_upstream());
+    register(&s, "silent", silent, "");
     let mut client = Sidecar::start(dir.path(), &xds, "client", &[]).unwrap();
     let c = Caller::new();
     wait_routable(&rt, &c, client.outbound, "good");
@@ -455,6 +471,21 @@ fn bad_requests_and_bad_upstreams_get_the_right_status_and_never_crash_the_proxy
         "{}",
         r.body
     );
+    // An upstream that never answers: 504 `UT` after the per-try timeout
+    // (a POST is not retried), and the client's connection serves the
+    // next request (its timer is reused after it fired).
+    let r = rt
+        .block_on(c.call(false, port, "silent", "POST", "/", &[], b"x"))
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-meshreg-flags")),
+        (504, "UT"),
+        "{}",
+        r.body
+    );
+    let r = rt.block_on(c.get(port, "good", "/after-timeout")).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "good /after-timeout"));
+
     // A 5xx from the upstream passes through (after retries, for GET).
     let r = rt
         .block_on(c.call(
