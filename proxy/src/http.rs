@@ -611,13 +611,7 @@ async fn forward(
                 }
             }
         };
-        // Not `crate::within`: an async fn taking `call` would hold it
-        // twice (its argument and its timeout's), making this future
-        // larger, and each move of it costlier.
-        let result = match budget {
-            Some(b) => tokio::time::timeout(b, call).await.ok(),
-            None => Some(call.await),
-        };
+        let result = crate::within(budget, call).await;
         let retries_left = !last_try
             && replay.is_some()
             && deadline.is_none_or(|d| Instant::now() < d)

@@ -473,7 +473,7 @@ fn bad_requests_and_bad_upstreams_get_the_right_status_and_never_crash_the_proxy
     );
     // An upstream that never answers: 504 `UT` after the per-try timeout
     // (a POST is not retried), and the client's connection serves the
-    // next request (its timer is reused after it fired).
+    // next request.
     let r = rt
         .block_on(c.call(false, port, "silent", "POST", "/", &[], b"x"))
         .unwrap();

@@ -102,6 +102,12 @@ enum Parsed {
 #[derive(Debug, PartialEq, Eq)]
 struct Bad(StatusCode, &'static str);
 
+/// A head over [`MAX_HEAD`] bytes.
+const HEAD_TOO_LARGE: Bad = Bad(
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "request head too large",
+);
+
 /// Why a connection stops being served here.
 enum Stop {
     /// Close it.
@@ -166,6 +172,24 @@ impl Waits {
     }
 }
 
+impl Waits {
+    /// [`Waits::fill`], then `Err` when the connection is to close: the
+    /// client closed it, the drain ended it, or it timed out (answered
+    /// with `408` when `started`, part of a request having come).
+    async fn more(&mut self, conn: &mut Conn, started: bool) -> Result<(), ()> {
+        match self.fill(conn).await {
+            Filled::More => Ok(()),
+            Filled::TimedOut => {
+                if started {
+                    write_error(conn, &Bad(StatusCode::REQUEST_TIMEOUT, "")).await;
+                }
+                Err(())
+            }
+            Filled::Eof | Filled::Drained => Err(()),
+        }
+    }
+}
+
 impl Conn {
     /// Reads what is available into `rbuf` ([`Conn::poll_read`]); with
     /// nothing buffered, first waits for the socket to be readable,
@@ -223,13 +247,8 @@ where
             Err(Stop::Close) => return None,
         };
         while conn.rbuf.len() < head.body {
-            match waits.fill(&mut conn).await {
-                Filled::More => {}
-                Filled::TimedOut => {
-                    write_error(&mut conn, &Bad(StatusCode::REQUEST_TIMEOUT, "")).await;
-                    return None;
-                }
-                Filled::Eof | Filled::Drained => return None,
+            if waits.more(&mut conn, true).await.is_err() {
+                return None;
             }
         }
         let body = conn.rbuf.split_to(head.body).freeze();
@@ -273,16 +292,8 @@ async fn read_head(conn: &mut Conn, waits: &mut Waits) -> Result<RequestHead, St
                 return Err(Stop::Close);
             }
         }
-        match waits.fill(conn).await {
-            Filled::More => {}
-            Filled::TimedOut => {
-                if !conn.rbuf.is_empty() {
-                    write_error(conn, &Bad(StatusCode::REQUEST_TIMEOUT, "")).await;
-                }
-                return Err(Stop::Close);
-            }
-            Filled::Eof | Filled::Drained => return Err(Stop::Close),
-        }
+        let started = !conn.rbuf.is_empty();
+        waits.more(conn, started).await.map_err(|()| Stop::Close)?;
     }
 }
 
@@ -309,19 +320,9 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Parsed, Bad> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut slots);
         let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-                return Err(Bad(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request head too large",
-                ));
-            }
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(HEAD_TOO_LARGE),
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return Err(Bad(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request head too large",
-                ));
-            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HEAD_TOO_LARGE),
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(Bad(
