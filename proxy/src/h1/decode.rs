@@ -151,11 +151,7 @@ pub(super) fn response_framing(
     if *req.method == Method::CONNECT && status.is_success() {
         return Err(Error::Upgrade);
     }
-    if *req.method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if bodiless(*req.method == Method::HEAD, status) {
         return Ok((Framing::Empty, reusable));
     }
     if h.contains_key(header::TRANSFER_ENCODING) {
@@ -193,6 +189,15 @@ pub(super) fn response_framing(
         },
         reusable,
     ))
+}
+
+/// Whether a response has no body whatever its fields say (RFC 9112
+/// §6.3 rule 1): one to HEAD, a 1xx, a 204 or a 304.
+pub(super) fn bodiless(head_request: bool, status: StatusCode) -> bool {
+    head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// The `content-length` value: every field line and list member must be

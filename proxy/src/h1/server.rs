@@ -418,11 +418,7 @@ where
 {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
-    let bodiless = is_head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless {
+    let framing = if bodiless(is_head, status) {
         Framing::Empty
     } else {
         match body.size_hint().exact() {
