@@ -9,6 +9,7 @@
 #   CARGO_TARGET_DIR=/work/target-fanout benches/xds-fanout.sh
 #   SERVER_CPUS=1 LOADER_CPUS=0 benches/xds-fanout.sh   # pin with taskset
 #   PERF=1 benches/xds-fanout.sh     # perf record ($PERF_ARGS) the server to $PERF_OUT
+#   LOADER_ARGS="--no-ack" benches/xds-fanout.sh   # extra xds_fanout flags
 #
 # Each run gets a fresh meshreg (single node, temporary data directory,
 # 127.0.0.1 only) and prints the JSON lines of `xds_fanout` (see
@@ -24,6 +25,7 @@ TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 SERVER_CPUS=${SERVER_CPUS:-}
 LOADER_CPUS=${LOADER_CPUS:-}
 PERF=${PERF:-}
+LOADER_ARGS=${LOADER_ARGS:-}
 PERF_OUT=${PERF_OUT:-/tmp/xds-fanout.perf.data}
 pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
 
@@ -77,7 +79,7 @@ for run in $RUNS; do
     perf_pid=$!
   fi
   $(pin "$LOADER_CPUS") "$FANOUT" --addr "http://127.0.0.1:$((PORT_BASE + 1))" --variant "$variant" --streams "$streams" --apps "$apps" \
-    --per-connection "$PER_CONNECTION" --changes "$CHANGES" --server-pid "$pid" || echo "# xds_fanout failed: $?" >&2
+    --per-connection "$PER_CONNECTION" --changes "$CHANGES" --server-pid "$pid" $LOADER_ARGS || echo "# xds_fanout failed: $?" >&2
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
   echo "# after run, load: $(cut -d' ' -f1-3 /proc/loadavg); server streams gauge:" \
     "$(curl -sf "http://127.0.0.1:$PORT_BASE/metrics" | grep -E 'xds_streams|xds_stream_wakes_total' | tr '\n' ' ')" >&2

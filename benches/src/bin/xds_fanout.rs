@@ -45,18 +45,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{value, Struct, Value};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use meshreg_benches::LatencyStats;
 use meshreg_proto::registry::v1 as pb;
 use meshreg_proto::registry::v1::registry_client::RegistryClient;
 use prost::Message;
+use std::future::Future;
+use std::task::Poll;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 
 const EDS_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
@@ -126,6 +128,11 @@ struct Args {
     /// Process id of the meshreg server, for its RSS; none skips memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Never ACK a response (a diagnostic, not a client: it shows what
+    /// pushing alone costs the server; meshreg's delta streams do not wait
+    /// for ACKs, its SotW streams do).
+    #[arg(long)]
+    no_ack: bool,
 }
 
 /// What a stream task reports to the coordinator.
@@ -176,14 +183,6 @@ fn envoy_node(i: usize) -> EnvoyNode {
     }
 }
 
-/// The one field of a ClusterLoadAssignment the loader decodes; prost
-/// skips the others without building them.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ClusterName {
-    #[prost(string, tag = "1")]
-    cluster_name: String,
-}
-
 /// `address` as an encoded `SocketAddress.address` field: tag 2
 /// (length-delimited), length, bytes.
 fn encoded_address(address: &str) -> Vec<u8> {
@@ -209,23 +208,15 @@ impl Tracker {
         !self.changes.is_empty()
     }
 
-    /// Looks at the ClusterLoadAssignments of one response received at `at`.
-    fn on_resources<'a>(&mut self, at: Instant, resources: impl Iterator<Item = &'a [u8]>) {
-        let mut found = false;
-        for bytes in resources {
-            match ClusterName::decode(bytes) {
-                Ok(c) if c.cluster_name == self.cluster => {}
-                _ => continue,
-            }
-            found = true;
-            for (k, field) in self.changes.iter().enumerate() {
-                if !self.seen[k] && memchr::memmem::find(bytes, field).is_some() {
-                    self.seen[k] = true;
-                    let _ = self.events.send(Event::Saw { change: k, at });
-                }
+    /// Looks at one response (its encoded bytes), received at `at`.
+    fn on_response(&mut self, at: Instant, msg: &[u8]) {
+        for (k, field) in self.changes.iter().enumerate() {
+            if !self.seen[k] && memchr::memmem::find(msg, field).is_some() {
+                self.seen[k] = true;
+                let _ = self.events.send(Event::Saw { change: k, at });
             }
         }
-        if found && !self.initial {
+        if !self.initial && memchr::memmem::find(msg, self.cluster.as_bytes()).is_some() {
             self.initial = true;
             self.open_slot = None;
             let _ = self.events.send(Event::Initial {
@@ -243,89 +234,202 @@ impl Tracker {
     }
 }
 
-async fn run_delta(channel: Channel, i: usize, mut t: Tracker) {
-    let (tx, rx) = mpsc::channel(4);
-    let first = ds::DeltaDiscoveryRequest {
-        node: Some(envoy_node(i)),
-        type_url: EDS_TYPE.into(),
-        resource_names_subscribe: vec![t.cluster.clone()],
-        ..Default::default()
-    };
-    if tx.send(first).await.is_err() {
-        return t.ended("request channel closed".into());
-    }
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let mut inbound = match client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => return t.ended(format!("open: {e}")),
-    };
-    loop {
-        match inbound.message().await {
-            Ok(Some(r)) => {
-                let at = Instant::now();
-                let ack = ds::DeltaDiscoveryRequest {
-                    type_url: EDS_TYPE.into(),
-                    response_nonce: r.nonce.clone(),
-                    ..Default::default()
-                };
-                if tx.send(ack).await.is_err() {
-                    return t.ended("request channel closed".into());
-                }
-                let bytes = r
-                    .resources
-                    .iter()
-                    .filter_map(|x| x.resource.as_ref())
-                    .map(|a| a.value.as_slice());
-                t.on_resources(at, bytes);
+/// The response fields the loader reads; prost skips the others (the
+/// resources are searched as bytes, not decoded). `DiscoveryResponse` and
+/// `DeltaDiscoveryResponse` both carry the nonce as field 5; field 1 is
+/// SotW's `version_info` (delta's `system_version_info`, unused).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseHead {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// One HTTP/2 connection to the server: its request handle, and the
+/// channel to the task that runs the connection's streams.
+#[derive(Clone)]
+struct Connection {
+    send: h2::client::SendRequest<Bytes>,
+    streams: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
+}
+
+/// Opens an HTTP/2 connection (prior knowledge, as gRPC over cleartext)
+/// and spawns the task that drives it and its streams.
+async fn connect(addr: &str) -> anyhow::Result<Connection> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .handshake(tcp)
+        .await?;
+    let (streams, new) = mpsc::unbounded_channel();
+    tokio::spawn(drive(conn, new));
+    Ok(Connection { send, streams })
+}
+
+/// Runs one connection and all its streams in one task: the streams that
+/// received something are polled (each queues its ACK), then the
+/// connection, which writes the ACKs together and reads what came in. A
+/// task per stream would cost this process a wake-up and a write per ACK,
+/// and the loader, playing 10,000 clients on one core, must stay cheaper
+/// per stream than the server it measures.
+async fn drive(
+    conn: h2::client::Connection<tokio::net::TcpStream, Bytes>,
+    mut new: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>,
+) {
+    let mut conn = Some(Box::pin(conn));
+    let mut streams = FuturesUnordered::new();
+    let mut accepting = true;
+    std::future::poll_fn(|cx| {
+        while accepting {
+            match new.poll_recv(cx) {
+                Poll::Ready(Some(f)) => streams.push(f),
+                Poll::Ready(None) => accepting = false,
+                Poll::Pending => break,
             }
-            Ok(None) => return t.ended("server closed the stream".into()),
-            Err(e) => return t.ended(e.to_string()),
         }
+        // `FuturesUnordered` returns `Pending` (and wakes the task) after
+        // two streams that woke themselves, as h2 streams do when they
+        // send: poll it a few rounds so that one write takes many ACKs.
+        for _ in 0..16 {
+            if let Poll::Ready(None) = streams.poll_next_unpin(cx) {
+                break;
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            if c.as_mut().poll(cx).is_ready() {
+                conn = None;
+            }
+        }
+        if conn.is_none() && streams.is_empty() && !accepting {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// `msg` as one gRPC message (uncompressed flag, big-endian length, bytes).
+fn grpc_frame(msg: &impl Message) -> Bytes {
+    let len = msg.encoded_len();
+    let mut b = BytesMut::with_capacity(5 + len);
+    b.put_u8(0);
+    b.put_u32(u32::try_from(len).expect("request under 4 GiB"));
+    msg.encode(&mut b).expect("BytesMut grows");
+    b.freeze()
+}
+
+/// The first request of stream `i` (node, subscription) and the ACK of a
+/// response, for either variant.
+fn first_request(variant: Variant, i: usize, cluster: &str) -> Bytes {
+    match variant {
+        Variant::Delta => grpc_frame(&ds::DeltaDiscoveryRequest {
+            node: Some(envoy_node(i)),
+            type_url: EDS_TYPE.into(),
+            resource_names_subscribe: vec![cluster.to_string()],
+            ..Default::default()
+        }),
+        Variant::Sotw => grpc_frame(&ds::DiscoveryRequest {
+            node: Some(envoy_node(i)),
+            type_url: EDS_TYPE.into(),
+            resource_names: vec![cluster.to_string()],
+            ..Default::default()
+        }),
     }
 }
 
-async fn run_sotw(channel: Channel, i: usize, mut t: Tracker) {
-    let (tx, rx) = mpsc::channel(4);
-    let first = ds::DiscoveryRequest {
-        node: Some(envoy_node(i)),
-        type_url: EDS_TYPE.into(),
-        resource_names: vec![t.cluster.clone()],
-        ..Default::default()
-    };
-    if tx.send(first).await.is_err() {
-        return t.ended("request channel closed".into());
+fn ack(variant: Variant, cluster: &str, head: ResponseHead) -> Bytes {
+    match variant {
+        Variant::Delta => grpc_frame(&ds::DeltaDiscoveryRequest {
+            type_url: EDS_TYPE.into(),
+            response_nonce: head.nonce,
+            ..Default::default()
+        }),
+        Variant::Sotw => grpc_frame(&ds::DiscoveryRequest {
+            type_url: EDS_TYPE.into(),
+            resource_names: vec![cluster.to_string()],
+            version_info: head.version_info,
+            response_nonce: head.nonce,
+            ..Default::default()
+        }),
     }
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let mut inbound = match client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => return t.ended(format!("open: {e}")),
+}
+
+/// Runs ADS stream `i` on `conn` until it ends: sends the subscription,
+/// then ACKs every response and reports what it carried to `t`.
+///
+/// A plain HTTP/2 stream with gRPC framing, written straight to `h2`
+/// rather than through tonic's client: a stream costs this process one
+/// task and no channel, so that the loader, which plays 10,000 clients on
+/// one core, stays cheaper per stream than the server it measures.
+async fn run_stream(conn: Connection, authority: String, a: StreamArgs, i: usize, mut t: Tracker) {
+    if let Err(e) = stream(conn, &authority, a, i, &mut t).await {
+        t.ended(e.to_string());
+    }
+}
+
+/// How every stream behaves.
+#[derive(Debug, Clone, Copy)]
+struct StreamArgs {
+    variant: Variant,
+    no_ack: bool,
+}
+
+async fn stream(
+    conn: Connection,
+    authority: &str,
+    StreamArgs { variant, no_ack }: StreamArgs,
+    i: usize,
+    t: &mut Tracker,
+) -> anyhow::Result<()> {
+    let method = match variant {
+        Variant::Delta => "DeltaAggregatedResources",
+        Variant::Sotw => "StreamAggregatedResources",
     };
-    loop {
-        match inbound.message().await {
-            Ok(Some(r)) => {
-                let at = Instant::now();
-                let ack = ds::DiscoveryRequest {
-                    type_url: EDS_TYPE.into(),
-                    resource_names: vec![t.cluster.clone()],
-                    version_info: r.version_info.clone(),
-                    response_nonce: r.nonce.clone(),
-                    ..Default::default()
-                };
-                if tx.send(ack).await.is_err() {
-                    return t.ended("request channel closed".into());
-                }
-                t.on_resources(at, r.resources.iter().map(|a| a.value.as_slice()));
+    let req = http::Request::post(format!(
+        "http://{authority}/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())?;
+    let mut ready = conn.send.ready().await?;
+    let (response, mut requests) = ready.send_request(req, false)?;
+    requests.send_data(first_request(variant, i, &t.cluster), false)?;
+    let response = response.await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "HTTP status {}",
+        response.status()
+    );
+    let mut body = response.into_body();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let at = Instant::now();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 5 + len {
+                break;
             }
-            Ok(None) => return t.ended("server closed the stream".into()),
-            Err(e) => return t.ended(e.to_string()),
+            anyhow::ensure!(buf[0] == 0, "compressed response");
+            let msg = buf.split_to(5 + len).split_off(5).freeze();
+            let head = ResponseHead::decode(msg.clone())?;
+            if !no_ack {
+                requests.send_data(ack(variant, &t.cluster, head), false)?;
+            }
+            t.on_response(at, &msg);
         }
     }
+    let status = body
+        .trailers()
+        .await?
+        .and_then(|h| h.get("grpc-status").cloned());
+    anyhow::bail!("server closed the stream (grpc-status {status:?})")
 }
 
 /// `VmRSS` of a process, bytes.
@@ -392,13 +496,19 @@ async fn main() -> anyhow::Result<()> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let open_slots = Arc::new(Semaphore::new(a.open_parallelism.max(1)));
     let started = Instant::now();
-    let mut channel: Option<Channel> = None;
+    let authority = a
+        .addr
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("--addr must be http://host:port"))?
+        .trim_end_matches('/')
+        .to_string();
+    let mut channel: Option<Connection> = None;
     for i in 0..a.streams {
         let ch = match &channel {
             Some(c) if i % a.per_connection != 0 => c.clone(),
             _ => {
                 // One `connect` is one HTTP/2 connection.
-                let c = Endpoint::from_shared(a.addr.clone())?.connect().await?;
+                let c = connect(&authority).await?;
                 channel = Some(c.clone());
                 c
             }
@@ -416,10 +526,17 @@ async fn main() -> anyhow::Result<()> {
             events: events_tx.clone(),
             open_slot: Some(permit),
         };
-        match a.variant {
-            Variant::Delta => tokio::spawn(run_delta(ch, i, t)),
-            Variant::Sotw => tokio::spawn(run_sotw(ch, i, t)),
+        let sa = StreamArgs {
+            variant: a.variant,
+            no_ack: a.no_ack,
         };
+        let stream = Box::pin(run_stream(ch.clone(), authority.clone(), sa, i, t));
+        if ch.streams.send(stream).is_err() {
+            anyhow::bail!(
+                "connection {} ended before its streams opened",
+                i / a.per_connection
+            );
+        }
     }
     drop(events_tx);
 
