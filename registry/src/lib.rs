@@ -27,6 +27,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod http2;
 pub mod index;
 pub mod metrics;
 pub mod model;

@@ -130,11 +130,11 @@ pub async fn run_with(
         .grpc
         .add_service(api::grpc::RegistryService::server(node.clone()))
         .add_service(api::cluster::ClusterService::server(node.clone()));
-    let grpc = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(Some(node.config().max_streams_per_connection))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(nodelay(listeners.grpc), stopped(stop_rx.clone()));
+    let settings = crate::http2::Settings {
+        keepalive: Duration::from_secs(30),
+        max_streams: node.config().max_streams_per_connection,
+    };
+    let grpc = crate::http2::serve(listeners.grpc, routes, settings, stop_rx.clone());
     let http = axum::serve(
         listeners.http,
         api::http::router(node.clone()).merge(ext.http),
@@ -156,8 +156,8 @@ pub async fn run_with(
     .await;
     match drained {
         Ok((g, h)) => {
-            if let Ok(Err(e)) = g {
-                tracing::warn!(error = %e, "gRPC server ended with an error");
+            if let Err(e) = g {
+                tracing::warn!(error = %e, "gRPC server task failed");
             }
             if let Ok(Err(e)) = h {
                 tracing::warn!(error = %e, "HTTP server ended with an error");

@@ -15,7 +15,7 @@
 //! never a backlog; other streams never wait for it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -118,9 +118,38 @@ impl<P: Protocol> StatusSource for Mutex<P> {
 struct Slot {
     info: Mutex<ClientInfo>,
     state: Arc<dyn StatusSource>,
-    /// Notified (one stored permit: wakes coalesce) when a generation may
-    /// change what the stream is sent.
-    wake: tokio::sync::Notify,
+    /// Set when a generation may change what the stream is sent.
+    wake: Wake,
+}
+
+/// The debouncer's wake-up of one stream: a flag (wakes coalesce until
+/// the stream looks) and the stream's waker. Lighter than
+/// `tokio::sync::Notify`, whose waiter list a stream would join and leave
+/// (under its lock) on every request and push.
+#[derive(Debug, Default)]
+struct Wake {
+    pending: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Wake {
+    fn notify(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready (and cleared) once [`Wake::notify`] was called since the last
+    /// time it was ready.
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            self.waker.register(cx.waker());
+            // A notify between the swap and the registration woke nobody.
+            if !self.pending.swap(false, Ordering::AcqRel) {
+                return std::task::Poll::Pending;
+            }
+        }
+        std::task::Poll::Ready(())
+    }
 }
 
 impl std::fmt::Debug for Slot {
@@ -142,6 +171,8 @@ struct Inner {
     /// Each stream's slot again, by what its resources depend on.
     watchers: Mutex<Watchers<Arc<Slot>>>,
     next_stream: AtomicU64,
+    /// Set when the node shuts down; every stream is woken to end.
+    closing: AtomicBool,
     metrics: XdsMetrics,
 }
 
@@ -334,9 +365,11 @@ impl AdsServer {
             clients: Mutex::new(BTreeMap::new()),
             watchers: Mutex::new(Watchers::default()),
             next_stream: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
             metrics,
         });
         tokio::spawn(debounce(inner.clone()));
+        tokio::spawn(end_streams_at_shutdown(inner.clone()));
         Self { inner }
     }
 
@@ -408,12 +441,16 @@ impl Inner {
         let slot = Arc::new(Slot {
             info,
             state: st.clone(),
-            wake: tokio::sync::Notify::new(),
+            wake: Wake::default(),
         });
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, slot.clone());
+        // Opened after `end_streams_at_shutdown` woke the others.
+        if self.closing.load(Ordering::Acquire) {
+            slot.wake.notify();
+        }
         let limit = RateLimit {
             tokens: self.config.request_burst as f64,
             burst: self.config.request_burst as f64,
@@ -474,7 +511,7 @@ impl Inner {
         *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = generation;
         let mut woken = 0;
         let mut wake = |slot: &Arc<Slot>| {
-            slot.wake.notify_one();
+            slot.wake.notify();
             woken += 1;
         };
         if changes.everything {
@@ -511,6 +548,17 @@ impl Inner {
                 .observe(g.changed_at.elapsed().as_secs_f64());
         }
     }
+}
+
+/// Ends every stream when the node shuts down: sets `closing` and wakes
+/// them all (a stream woken while `closing` ends). One task waits for the
+/// signal instead of every stream polling it on every request and push.
+async fn end_streams_at_shutdown(inner: Arc<Inner>) {
+    let mut shutdown = inner.node.shutdown_signal();
+    let _ = shutdown.wait_for(|s| *s).await;
+    inner.closing.store(true, Ordering::Release);
+    let clients = inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+    clients.values().for_each(|slot| slot.wake.notify());
 }
 
 /// Turns registry changes into generations: waits for a quiet period (or

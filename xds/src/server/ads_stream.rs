@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
 use futures_util::Stream;
-use tokio::sync::watch;
+use std::sync::atomic::Ordering;
 use tonic::{Status, Streaming};
 
 use super::{mcp_export_for, namespace_of, protocol_status, Inner, RateLimit, Slot, TypeLabel};
@@ -144,7 +144,6 @@ pub(super) struct AdsStream<P: Protocol> {
     /// A generation arrived while a request was being served, after the
     /// debouncer may have read this stream's older interest: look again.
     recheck: bool,
-    shutdown: watch::Receiver<bool>,
     /// Responses produced and not yet yielded, in order.
     pending: std::vec::IntoIter<P::Response>,
     /// The error that ends the stream, yielded after `pending`.
@@ -156,7 +155,6 @@ impl<P: Protocol> AdsStream<P> {
     /// Registers a stream from `peer` reading `incoming`.
     pub(super) fn open(inner: Arc<Inner>, incoming: Streaming<P::Request>, peer: String) -> Self {
         let (id, limit, slot, state) = inner.open::<P>(peer);
-        let shutdown = inner.node.shutdown_signal();
         Self {
             inner,
             incoming,
@@ -168,7 +166,6 @@ impl<P: Protocol> AdsStream<P> {
             interest: Interest::default(),
             looked_up: Interest::default(),
             recheck: false,
-            shutdown,
             pending: Vec::new().into_iter(),
             error: None,
             done: false,
@@ -208,8 +205,13 @@ impl<P: Protocol> AdsStream<P> {
                     Ok(None) => Event::End,
                     Err(status) => Event::Error(status),
                 },
-                () = self.slot.wake.notified() => Event::Generation,
-                _ = self.shutdown.wait_for(|s| *s) => Event::End,
+                () = std::future::poll_fn(|cx| self.slot.wake.poll(cx)) => {
+                    if self.inner.closing.load(Ordering::Acquire) {
+                        Event::End
+                    } else {
+                        Event::Generation
+                    }
+                }
             };
             match event {
                 Event::Request(req) => self.on_request(&req),
