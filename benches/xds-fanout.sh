@@ -10,6 +10,7 @@
 #   SERVER_CPUS=1 LOADER_CPUS=0 benches/xds-fanout.sh   # pin with taskset
 #   PERF=1 benches/xds-fanout.sh     # perf record ($PERF_ARGS) the server to $PERF_OUT
 #   LOADER_ARGS="--no-ack" benches/xds-fanout.sh   # extra xds_fanout flags
+#   MESHREG_BIN=/tmp/meshreg-old benches/xds-fanout.sh   # another server build (A/B)
 #
 # Each run gets a fresh meshreg (single node, temporary data directory,
 # 127.0.0.1 only) and prints the JSON lines of `xds_fanout` (see
@@ -35,7 +36,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "# open files limit: $(ulimit -n)" >&2
 
 CARGO_TARGET_DIR=$TARGET cargo build --release -q -p meshreg --bin meshreg -p meshreg-benches --bin xds_fanout
-MESHREG=$TARGET/release/meshreg
+MESHREG=${MESHREG_BIN:-$TARGET/release/meshreg}
 FANOUT=$TARGET/release/xds_fanout
 
 tmp=$(mktemp -d)
