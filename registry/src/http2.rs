@@ -226,6 +226,10 @@ struct Drive {
 }
 
 /// Rounds of [`Drive::poll_streams`] after `FuturesUnordered` yielded.
+/// Each round polls at least two streams, so one poll of a connection
+/// handles at least 128 sends (the sends of a 100-stream push in one
+/// write) and, like tokio's per-task budget, at most about that many
+/// streams that keep waking themselves before other tasks get the worker.
 const MAX_ROUNDS: usize = 64;
 
 impl Drive {
