@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use meshreg_proto::registry::v1::registry_client::RegistryClient;
 use meshreg_proto::registry::v1::ListNamespacesRequest;
 use meshreg_tests::mesh::{
-    free_port, register, register_at, xds_addr, Caller, Echo, Sidecar, TcpEcho,
+    free_port, register, register_at, xds_addr, Called, Caller, Echo, Sidecar, TcpEcho,
 };
 use meshreg_tests::{eventually, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,6 +43,18 @@ fn sidecar_meta(sc: &Sidecar) -> String {
 }
 
 /// Waits until `host` answers 200 through the sidecar on `port`.
+/// Asserts an answer the proxy made itself: its status and
+/// `x-meshreg-flags` (the body, which says why, in the failure message).
+#[track_caller]
+fn assert_flagged(r: &Called, status: u16, flags: &str) {
+    assert_eq!(
+        (r.status, r.header("x-meshreg-flags")),
+        (status, flags),
+        "{}",
+        r.body
+    );
+}
+
 fn wait_routable(rt: &tokio::runtime::Runtime, c: &Caller, port: u16, host: &str) {
     let ok = eventually(Duration::from_secs(20), || {
         rt.block_on(c.get(port, host, "/"))
@@ -147,7 +159,7 @@ fn http1_h2c_and_grpc_through_two_sidecars() {
     let r = rt
         .block_on(c.get(client.outbound, "nobody.default", "/"))
         .unwrap();
-    assert_eq!((r.status, r.header("x-meshreg-flags")), (404, "NR"));
+    assert_flagged(&r, 404, "NR");
 
     // gRPC: the registry's own gRPC API, registered as an application
     // behind its own sidecar, called through the client's sidecar.
@@ -458,31 +470,16 @@ fn bad_requests_and_bad_upstreams_get_the_right_status_and_never_crash_the_proxy
     // Bad upstreams.
     wait_routable_status(&rt, &c, port, "garbage", 503);
     let r = rt.block_on(c.get(port, "garbage", "/")).unwrap();
-    assert_eq!(
-        (r.status, r.header("x-meshreg-flags")),
-        (503, "UR"),
-        "{}",
-        r.body
-    );
+    assert_flagged(&r, 503, "UR");
     let r = rt.block_on(c.get(port, "closer", "/")).unwrap();
-    assert_eq!(
-        (r.status, r.header("x-meshreg-flags")),
-        (503, "UR"),
-        "{}",
-        r.body
-    );
+    assert_flagged(&r, 503, "UR");
     // An upstream that never answers: 504 `UT` after the per-try timeout
     // (a POST is not retried), and the client's connection serves the
     // next request.
     let r = rt
         .block_on(c.call(false, port, "silent", "POST", "/", &[], b"x"))
         .unwrap();
-    assert_eq!(
-        (r.status, r.header("x-meshreg-flags")),
-        (504, "UT"),
-        "{}",
-        r.body
-    );
+    assert_flagged(&r, 504, "UT");
     let r = rt.block_on(c.get(port, "good", "/after-timeout")).unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "good /after-timeout"));
 
@@ -748,12 +745,7 @@ fn tcp_outbound_ports_proxy_bytes_both_ways_with_half_close() {
     let (_, line) = rt.block_on(greeted(by_app));
     assert_eq!(line, "", "nothing to reach yet");
     let r = rt.block_on(Caller::new().get(by_app, "db", "/")).unwrap();
-    assert_eq!(
-        (r.status, r.header("x-meshreg-flags")),
-        (503, "NC"),
-        "{}",
-        r.body
-    );
+    assert_flagged(&r, 503, "NC");
     assert!(
         client.stat(
             "meshreg_proxy_tcp_upstream_connect_fail_total",

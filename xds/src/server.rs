@@ -128,7 +128,7 @@ struct Slot {
 /// (under its lock) on every request and push.
 #[derive(Debug, Default)]
 struct Wake {
-    pending: std::sync::atomic::AtomicBool,
+    pending: AtomicBool,
     waker: futures_util::task::AtomicWaker,
 }
 

@@ -15,12 +15,12 @@
 //! got (coalesced), never a backlog. Other streams never wait for it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
 use futures_util::Stream;
-use std::sync::atomic::Ordering;
 use tonic::{Status, Streaming};
 
 use super::{mcp_export_for, namespace_of, protocol_status, Inner, RateLimit, Slot, TypeLabel};
