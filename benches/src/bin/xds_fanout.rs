@@ -36,12 +36,16 @@
 //! resource's `cluster_name` is read (every other field skipped) and the
 //! change addresses are looked for as their encoded `SocketAddress.address`
 //! field (tag 2, length, bytes), which no other field of these
-//! ClusterLoadAssignments can hold.
+//! ClusterLoadAssignments can hold, with searchers built once and only for
+//! the changes already made; and the coordinator that collects the
+//! streams' reports runs as a task, not on the thread blocking on `main`,
+//! so a report is not a thread switch.
 //!
 //! Expects a registry where the change addresses are not registered yet
 //! (a fresh server, or a distinct `--app` per run).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +56,7 @@ use envoy_types::pb::envoy::service::discovery::v3 as ds;
 use envoy_types::pb::google::protobuf::{value, Struct, Value};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use memchr::memmem;
 use meshreg_benches::LatencyStats;
 use meshreg_proto::registry::v1 as pb;
 use meshreg_proto::registry::v1::registry_client::RegistryClient;
@@ -191,11 +196,37 @@ fn encoded_address(address: &str) -> Vec<u8> {
     field
 }
 
+/// What every stream of one application looks for, built once: each
+/// change's address (encoded as [`encoded_address`]) and the cluster name,
+/// as prebuilt searchers (building one costs more than a search).
+struct Patterns {
+    cluster: String,
+    cluster_finder: memmem::Finder<'static>,
+    changes: Vec<memmem::Finder<'static>>,
+}
+
+impl Patterns {
+    fn new(cluster: String, changes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cluster_finder: memmem::Finder::new(cluster.as_bytes()).into_owned(),
+            cluster,
+            changes: (0..changes)
+                .map(|k| memmem::Finder::new(&encoded_address(&change_address(k))).into_owned())
+                .collect(),
+        })
+    }
+}
+
 /// Per-stream bookkeeping shared by both variants.
 struct Tracker {
-    cluster: String,
-    /// Each change's address, encoded as [`encoded_address`].
-    changes: Vec<Vec<u8>>,
+    patterns: Arc<Patterns>,
+    /// Whether the stream watches `--app` (only those look for changes).
+    watching: bool,
+    /// How many changes the coordinator has made so far: later ones are
+    /// not looked for.
+    issued: Arc<AtomicUsize>,
+    /// Changes before this one have all been seen.
+    first_unseen: usize,
     seen: Vec<bool>,
     initial: bool,
     events: mpsc::UnboundedSender<Event>,
@@ -205,18 +236,25 @@ struct Tracker {
 impl Tracker {
     /// Whether the stream watches `--app` (only those look for changes).
     fn watching(&self) -> bool {
-        !self.changes.is_empty()
+        self.watching
     }
 
     /// Looks at one response (its encoded bytes), received at `at`.
     fn on_response(&mut self, at: Instant, msg: &[u8]) {
-        for (k, field) in self.changes.iter().enumerate() {
-            if !self.seen[k] && memchr::memmem::find(msg, field).is_some() {
-                self.seen[k] = true;
-                let _ = self.events.send(Event::Saw { change: k, at });
+        if self.watching {
+            let issued = self.issued.load(Ordering::Acquire);
+            let p = &self.patterns;
+            for k in self.first_unseen..issued {
+                if !self.seen[k] && p.changes[k].find(msg).is_some() {
+                    self.seen[k] = true;
+                    let _ = self.events.send(Event::Saw { change: k, at });
+                }
+            }
+            while self.first_unseen < issued && self.seen[self.first_unseen] {
+                self.first_unseen += 1;
             }
         }
-        if !self.initial && memchr::memmem::find(msg, self.cluster.as_bytes()).is_some() {
+        if !self.initial && self.patterns.cluster_finder.find(msg).is_some() {
             self.initial = true;
             self.open_slot = None;
             let _ = self.events.send(Event::Initial {
@@ -397,7 +435,7 @@ async fn stream(
     .body(())?;
     let mut ready = conn.send.ready().await?;
     let (response, mut requests) = ready.send_request(req, false)?;
-    requests.send_data(first_request(variant, i, &t.cluster), false)?;
+    requests.send_data(first_request(variant, i, &t.patterns.cluster), false)?;
     let response = response.await?;
     anyhow::ensure!(
         response.status() == 200,
@@ -420,7 +458,7 @@ async fn stream(
             let msg = buf.split_to(5 + len).split_off(5).freeze();
             let head = ResponseHead::decode(msg.clone())?;
             if !no_ack {
-                requests.send_data(ack(variant, &t.cluster, head), false)?;
+                requests.send_data(ack(variant, &t.patterns.cluster, head), false)?;
             }
             t.on_response(at, &msg);
         }
@@ -467,6 +505,13 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // The coordinator runs as a task, not on the thread that blocks on
+    // `main`: each event a stream sends it would otherwise wake that
+    // thread, a context switch per response on the loader's core.
+    tokio::spawn(run(a)).await?
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.changes <= 250, "--changes is at most 250");
     anyhow::ensure!(a.per_connection > 0, "--per-connection must be positive");
     anyhow::ensure!(a.apps > 0, "--apps must be positive");
@@ -503,6 +548,10 @@ async fn main() -> anyhow::Result<()> {
         .trim_end_matches('/')
         .to_string();
     let mut channel: Option<Connection> = None;
+    let patterns: Vec<Arc<Patterns>> = (0..a.apps)
+        .map(|app| Patterns::new(cluster_of(app), a.changes))
+        .collect();
+    let issued = Arc::new(AtomicUsize::new(0));
     for i in 0..a.streams {
         let ch = match &channel {
             Some(c) if i % a.per_connection != 0 => c.clone(),
@@ -516,11 +565,10 @@ async fn main() -> anyhow::Result<()> {
         let permit = open_slots.clone().acquire_owned().await?;
         let watching = i % a.apps == 0;
         let t = Tracker {
-            cluster: cluster_of(i % a.apps),
-            changes: (0..a.changes)
-                .filter(|_| watching)
-                .map(|k| encoded_address(&change_address(k)))
-                .collect(),
+            patterns: patterns[i % a.apps].clone(),
+            watching,
+            issued: issued.clone(),
+            first_unseen: 0,
             seen: vec![false; a.changes],
             initial: false,
             events: events_tx.clone(),
@@ -588,6 +636,8 @@ async fn main() -> anyhow::Result<()> {
     for k in 0..a.changes {
         tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
         let alive = watchers.saturating_sub(watchers_ended);
+        // Streams look for this change's address from now on.
+        issued.store(k + 1, Ordering::Release);
         let call = Instant::now();
         registry
             .register(pb::RegisterRequest {
