@@ -508,6 +508,7 @@ impl Inner {
     /// either this sees the stream's new interest, or the stream sees the
     /// new generation and re-checks itself: no change is missed.
     fn publish(&self, generation: Generation, changes: &Changes) {
+        let started = Instant::now();
         *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = generation;
         let mut woken = 0;
         let mut wake = |slot: &Arc<Slot>| {
@@ -528,6 +529,7 @@ impl Inner {
         tracing::debug!(
             revision = generation.revision,
             woken,
+            took_us = started.elapsed().as_micros(),
             "published a generation"
         );
     }

@@ -106,28 +106,30 @@ impl<T: Clone> Watchers<T> {
     /// Calls `wake` once for each stream `changes` may concern (not for
     /// `changes.everything`: the caller wakes every stream then).
     pub(super) fn touched(&self, changes: &Changes, mut wake: impl FnMut(u64, &T)) {
-        let mut seen = HashSet::new();
-        let mut once = |id: u64, h: &T| {
-            if seen.insert(id) {
-                wake(id, h);
-            }
-        };
-        for (id, h) in &self.everything {
-            once(*id, h);
-        }
+        // The lists of streams concerned. A stream can be on several (it
+        // watches two changed applications, or it is also a wildcard
+        // subscriber): only then is a set needed to wake it once. The
+        // common case, one changed application, is one list.
+        let mut lists: Vec<&HashMap<u64, T>> = Vec::new();
+        lists.push(&self.everything);
         for (ns, c) in &changes.namespaces {
             let Some(w) = self.namespaces.get(ns) else {
                 continue;
             };
-            for (id, h) in &w.any {
-                once(*id, h);
-            }
+            lists.push(&w.any);
             for (by, names) in [(&w.apps, &c.apps), (&w.services, &c.services)] {
-                for name in names {
-                    for (id, h) in by.get(name).into_iter().flatten() {
-                        once(*id, h);
-                    }
-                }
+                lists.extend(names.iter().filter_map(|name| by.get(name)));
+            }
+        }
+        lists.retain(|l| !l.is_empty());
+        if let [only] = lists[..] {
+            only.iter().for_each(|(id, h)| wake(*id, h));
+            return;
+        }
+        let mut seen = HashSet::with_capacity(lists.iter().map(|l| l.len()).sum());
+        for (id, h) in lists.into_iter().flatten() {
+            if seen.insert(*id) {
+                wake(*id, h);
             }
         }
     }
