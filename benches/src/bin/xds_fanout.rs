@@ -32,14 +32,17 @@
 //! process, which shares the machine with the server: the client's own
 //! scheduling delay (handling 10,000 responses on a loaded core) is part
 //! of the figures.
-//! To keep that share small, a response is not decoded whole: each
-//! resource's `cluster_name` is read (every other field skipped) and the
-//! change addresses are looked for as their encoded `SocketAddress.address`
-//! field (tag 2, length, bytes), which no other field of these
-//! ClusterLoadAssignments can hold, with searchers built once and only for
-//! the changes already made; and the coordinator that collects the
-//! streams' reports runs as a task, not on the thread blocking on `main`,
-//! so a report is not a thread switch.
+//! To keep that share small:
+//! - a response is not decoded whole: only its nonce and version are read
+//!   (every other field skipped); the cluster name and the change
+//!   addresses are searched for as bytes, the addresses as their encoded
+//!   `SocketAddress.address` field (tag 2, length, bytes), which no other
+//!   field of these ClusterLoadAssignments can hold;
+//! - the searchers are built once, and only changes already made are
+//!   searched for;
+//! - the coordinator that collects the streams' reports runs as a task,
+//!   not on the thread blocking on `main`, so a report is not a thread
+//!   switch.
 //!
 //! Expects a registry where the change addresses are not registered yet
 //! (a fresh server, or a distinct `--app` per run).
@@ -225,8 +228,6 @@ struct Tracker {
     /// How many changes the coordinator has made so far: later ones are
     /// not looked for.
     issued: Arc<AtomicUsize>,
-    /// Changes before this one have all been seen.
-    first_unseen: usize,
     seen: Vec<bool>,
     initial: bool,
     events: mpsc::UnboundedSender<Event>,
@@ -244,14 +245,11 @@ impl Tracker {
         if self.watching {
             let issued = self.issued.load(Ordering::Acquire);
             let p = &self.patterns;
-            for k in self.first_unseen..issued {
+            for k in 0..issued {
                 if !self.seen[k] && p.changes[k].find(msg).is_some() {
                     self.seen[k] = true;
                     let _ = self.events.send(Event::Saw { change: k, at });
                 }
-            }
-            while self.first_unseen < issued && self.seen[self.first_unseen] {
-                self.first_unseen += 1;
             }
         }
         if !self.initial && self.patterns.cluster_finder.find(msg).is_some() {
@@ -568,7 +566,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
             patterns: patterns[i % a.apps].clone(),
             watching,
             issued: issued.clone(),
-            first_unseen: 0,
             seen: vec![false; a.changes],
             initial: false,
             events: events_tx.clone(),
