@@ -154,7 +154,7 @@ pub async fn run(r: Run) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let extend = move |node: &Arc<Node>| {
         let ads = AdsServer::start(node.clone(), xds);
-        let (grpc, sources_http) = if bridge {
+        let (grpc, direct, sources_http) = if bridge {
             let serving = Arc::new(AtomicBool::new(false));
             let open = serving.clone();
             let gated = InterceptedService::new(ads.service(), move |req| {
@@ -167,16 +167,18 @@ pub async fn run(r: Run) -> anyhow::Result<()> {
                 }
             });
             let http = start_sources_then_serve(node.clone(), sources, serving);
-            (tonic::service::Routes::new(gated), http)
+            (tonic::service::Routes::new(gated), Vec::new(), http)
         } else {
             let sinks = start_sinks(node.clone(), sources);
             (
-                tonic::service::Routes::new(ads.service()),
+                tonic::service::Routes::default(),
+                vec![ads.service().direct()],
                 sinks.http_router(),
             )
         };
         server::Extension {
             grpc,
+            direct,
             http: ads.http_router().merge(sources_http),
         }
     };

@@ -61,18 +61,53 @@ pub struct Settings {
     pub max_streams: u32,
 }
 
-/// Serves `routes` on the connections `listener` accepts until `stop` is
-/// true, then stops accepting, sends GOAWAY on every connection and
-/// returns when their streams have finished (the caller bounds the wait).
+/// A gRPC service that gets hyper's request as it arrives, ahead of the
+/// router: no routing, and none of the body conversions the router wraps
+/// each request and response body in (boxed layers that every poll of a
+/// long-lived stream goes through, several per message). For services
+/// whose streams carry many messages: ADS.
+#[derive(Clone)]
+pub struct Direct {
+    /// The gRPC service's full name (`package.Service`): requests for
+    /// `/<name>/<method>` go to `call`.
+    pub name: &'static str,
+    /// Answers one request; the response body streams the RPC's messages.
+    pub call: Arc<DirectFn>,
+}
+
+/// [`Direct::call`]'s shape.
+pub type DirectFn =
+    dyn Fn(http::Request<Incoming>) -> http::Response<tonic::body::Body> + Send + Sync;
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct").field("name", &self.name).finish()
+    }
+}
+
+impl Direct {
+    fn serves(&self, path: &str) -> bool {
+        path.strip_prefix('/')
+            .and_then(|p| p.strip_prefix(self.name))
+            .is_some_and(|p| p.starts_with('/'))
+    }
+}
+
+/// Serves `direct` and `routes` on the connections `listener` accepts
+/// until `stop` is true, then stops accepting, sends GOAWAY on every
+/// connection and returns when their streams have finished (the caller
+/// bounds the wait).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    direct: Vec<Direct>,
     settings: Settings,
     mut stop: watch::Receiver<bool>,
 ) {
     // Each connection holds a sender; `recv` returns `None` once all are
     // gone.
     let (open_tx, mut open_rx) = mpsc::channel::<Infallible>(1);
+    let direct: Arc<[Direct]> = direct.into();
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -86,6 +121,7 @@ pub async fn serve(
                 };
                 let svc = Svc {
                     routes: routes.clone(),
+                    direct: direct.clone(),
                     info,
                 };
                 tokio::spawn(connection(
@@ -111,10 +147,12 @@ pub async fn serve(
 
 type Conn = http2::Connection<TokioIo<Corked>, Svc, Streams>;
 
-/// The routes, with the connection's addresses added to each request.
+/// The direct services and the routes, with the connection's addresses
+/// added to each request.
 #[derive(Clone)]
 struct Svc {
     routes: Routes,
+    direct: Arc<[Direct]>,
     info: TcpConnectInfo,
 }
 
@@ -125,6 +163,9 @@ impl hyper::service::Service<http::Request<Incoming>> for Svc {
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.info.clone());
+        if let Some(d) = self.direct.iter().find(|d| d.serves(req.uri().path())) {
+            return Box::pin(std::future::ready(Ok((d.call)(req))));
+        }
         let mut routes = self.routes.clone();
         Box::pin(async move {
             std::future::poll_fn(|cx| {

@@ -90,6 +90,9 @@ pub async fn run(
 pub struct Extension {
     /// Extra gRPC services, served next to the registry API.
     pub grpc: tonic::service::Routes,
+    /// Extra gRPC services served ahead of the router (see
+    /// [`crate::http2::Direct`]).
+    pub direct: Vec<crate::http2::Direct>,
     /// Extra HTTP routes, merged into the registry's router.
     pub http: axum::Router,
 }
@@ -134,7 +137,13 @@ pub async fn run_with(
         keepalive: Duration::from_secs(30),
         max_streams: node.config().max_streams_per_connection,
     };
-    let grpc = crate::http2::serve(listeners.grpc, routes, settings, stop_rx.clone());
+    let grpc = crate::http2::serve(
+        listeners.grpc,
+        routes,
+        ext.direct,
+        settings,
+        stop_rx.clone(),
+    );
     let http = axum::serve(
         listeners.http,
         api::http::router(node.clone()).merge(ext.http),

@@ -661,6 +661,26 @@ async fn bad_requests_end_only_their_own_stream() {
     assert_eq!(err.code(), tonic::Code::Internal);
     assert!(err.message().contains("decode"), "{}", err.message());
 
+    // A stream that says its requests are compressed: UNIMPLEMENTED
+    // naming the encoding (meshreg negotiates none).
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(tokio_stream::iter([vec![0x0a_u8, 0x00]]));
+    req.metadata_mut()
+        .insert("grpc-encoding", "gzip".parse().unwrap());
+    let err = grpc
+        .streaming(
+            req,
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+            ),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("gzip"), "{}", err.message());
+
     // A method the ADS service does not have: UNIMPLEMENTED.
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();

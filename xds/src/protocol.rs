@@ -19,7 +19,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::BufMut;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::Message;
 
 use crate::cache::Built;
 use crate::resources::{version_of, ResourceType};
@@ -392,6 +395,136 @@ impl SotwStream {
 
 // ----------------------------------------------------------------- delta
 
+/// A response as written on the wire: its protobuf encoding without the
+/// gRPC length prefix.
+pub trait Encode {
+    /// Length of the encoding, bytes.
+    fn encoded_len(&self) -> usize;
+    /// Appends the encoding to `buf`, which has room for it.
+    fn encode_raw(&self, buf: &mut impl BufMut);
+}
+
+impl Encode for ds::DiscoveryResponse {
+    fn encoded_len(&self) -> usize {
+        Message::encoded_len(self)
+    }
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        Message::encode_raw(self, buf);
+    }
+}
+
+/// One delta response: `DeltaDiscoveryResponse`
+/// (`envoy/service/discovery/v3/discovery.proto`) whose resources are the
+/// shared, already encoded [`Built`]s rather than copies of them, so a push
+/// to many streams copies each resource once per stream, into the frame
+/// that carries it. Encodes to the bytes prost gives
+/// [`DeltaResponse::to_message`] (tested).
+#[derive(Debug, Clone, Default)]
+pub struct DeltaResponse {
+    /// `system_version_info` (1).
+    pub system_version_info: String,
+    /// `resources` (2): each a `Resource` with `version` (1), `resource`
+    /// (2) and `name` (3).
+    pub resources: Vec<Arc<Built>>,
+    /// `type_url` (4).
+    pub type_url: Cow<'static, str>,
+    /// `nonce` (5).
+    pub nonce: String,
+    /// `removed_resources` (6).
+    pub removed_resources: Vec<String>,
+}
+
+impl DeltaResponse {
+    /// The same response as a prost message (copies every resource).
+    pub fn to_message(&self) -> ds::DeltaDiscoveryResponse {
+        ds::DeltaDiscoveryResponse {
+            system_version_info: self.system_version_info.clone(),
+            resources: self
+                .resources
+                .iter()
+                .map(|b| ds::Resource {
+                    name: b.name.clone(),
+                    version: b.version.clone(),
+                    resource: Some(b.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: self.type_url.to_string(),
+            removed_resources: self.removed_resources.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Length of one `Resource`'s encoding, without its key and length.
+    fn resource_len(b: &Built) -> usize {
+        string_len(1, &b.version)
+            + prost::encoding::message::encoded_len(2, &b.any)
+            + string_len(3, &b.name)
+    }
+}
+
+impl Encode for DeltaResponse {
+    fn encoded_len(&self) -> usize {
+        string_len(1, &self.system_version_info)
+            + self
+                .resources
+                .iter()
+                .map(|b| delimited_len(2, Self::resource_len(b)))
+                .sum::<usize>()
+            + string_len(4, &self.type_url)
+            + string_len(5, &self.nonce)
+            + self
+                .removed_resources
+                .iter()
+                .map(|n| delimited_len(6, n.len()))
+                .sum::<usize>()
+    }
+
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        put_string(1, &self.system_version_info, buf);
+        for b in &self.resources {
+            encode_key(2, WireType::LengthDelimited, buf);
+            encode_varint(Self::resource_len(b) as u64, buf);
+            put_string(1, &b.version, buf);
+            prost::encoding::message::encode(2, &b.any, buf);
+            put_string(3, &b.name, buf);
+        }
+        put_string(4, &self.type_url, buf);
+        put_string(5, &self.nonce, buf);
+        for n in &self.removed_resources {
+            put_delimited(6, n.as_bytes(), buf);
+        }
+    }
+}
+
+/// Encoded length of a length-delimited field of `len` bytes.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Encoded length of a proto3 `string` field (nothing when empty).
+fn string_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        delimited_len(tag, s.len())
+    }
+}
+
+fn put_delimited(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_slice(bytes);
+}
+
+/// A proto3 `string` field (nothing when empty).
+fn put_string(tag: u32, s: &str, buf: &mut impl BufMut) {
+    if !s.is_empty() {
+        put_delimited(tag, s.as_bytes(), buf);
+    }
+}
+
 #[derive(Debug, Default)]
 struct DeltaSub {
     sub: Sub,
@@ -433,14 +566,14 @@ impl DeltaStream {
         &mut self,
         req: &ds::DeltaDiscoveryRequest,
         view: &mut dyn View,
-    ) -> Result<Vec<ds::DeltaDiscoveryResponse>, ProtocolError> {
+    ) -> Result<Vec<DeltaResponse>, ProtocolError> {
         let ty = match self.routing.route(&req.type_url, &req.response_nonce)? {
             Route::Serve(ty) => ty,
             Route::Nothing => return Ok(Vec::new()),
             Route::Empty(nonce) => {
-                return Ok(vec![ds::DeltaDiscoveryResponse {
+                return Ok(vec![DeltaResponse {
                     system_version_info: "empty".into(),
-                    type_url: req.type_url.clone(),
+                    type_url: Cow::Owned(req.type_url.clone()),
                     nonce,
                     ..Default::default()
                 }]);
@@ -501,7 +634,7 @@ impl DeltaStream {
 
     /// Responses for a data change, in CDS → EDS → LDS → RDS order. EDS
     /// for clusters a CDS response just updated is re-sent.
-    pub fn on_change(&mut self, view: &mut dyn View) -> Vec<ds::DeltaDiscoveryResponse> {
+    pub fn on_change(&mut self, view: &mut dyn View) -> Vec<DeltaResponse> {
         let mut out = Vec::new();
         for ty in ResourceType::ALL {
             if !self.types.get(&ty).is_some_and(|d| d.sub.started) {
@@ -521,11 +654,7 @@ impl DeltaStream {
         out
     }
 
-    fn respond(
-        &mut self,
-        ty: ResourceType,
-        view: &mut dyn View,
-    ) -> Option<ds::DeltaDiscoveryResponse> {
+    fn respond(&mut self, ty: ResourceType, view: &mut dyn View) -> Option<DeltaResponse> {
         let d = self.types.get_mut(&ty)?;
         let targets = d.sub.targets(ty, view);
         let mut resources = Vec::new();
@@ -547,12 +676,7 @@ impl DeltaStream {
                         }
                     };
                     if fresh {
-                        resources.push(ds::Resource {
-                            name: b.name.clone(),
-                            version: b.version.clone(),
-                            resource: Some(b.any.clone()),
-                            ..Default::default()
-                        });
+                        resources.push(b);
                     }
                 }
                 None => {
@@ -583,13 +707,12 @@ impl DeltaStream {
         d.sub.nonce = Some(nonce.clone());
         d.sub.status.sent_version = Some(version.clone());
         d.sub.status.responses += 1;
-        Some(ds::DeltaDiscoveryResponse {
+        Some(DeltaResponse {
             system_version_info: version,
             resources,
-            type_url: ty.url().to_string(),
+            type_url: Cow::Borrowed(ty.url()),
             removed_resources: removed,
             nonce,
-            ..Default::default()
         })
     }
 

@@ -1,7 +1,8 @@
 //! The gRPC port's HTTP/2 server driven by a plain `h2` client: many
 //! streams on one connection, a response far larger than the cork limit
-//! read by a client that starts late, the peer address in requests, and a
-//! graceful shutdown with a request in flight.
+//! read by a client that starts late, the peer address in requests, a
+//! direct service ahead of the router, and a graceful shutdown with a
+//! request in flight.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::transport::server::TcpConnectInfo;
 
-use super::{serve, Settings, CORK_LIMIT};
+use super::{serve, Direct, Settings, CORK_LIMIT};
 
 /// 3 MiB of a pattern a cut or reordered write would break.
 fn large_body() -> Vec<u8> {
@@ -49,6 +50,25 @@ fn routes() -> Routes {
     Routes::from(router)
 }
 
+/// A direct service `test.Echo`: answers with its path and the peer.
+fn direct() -> Direct {
+    Direct {
+        name: "test.Echo",
+        call: std::sync::Arc::new(|req: http::Request<hyper::body::Incoming>| {
+            let peer = req
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let body = format!("direct {} from {peer}", req.uri().path());
+            http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from(body),
+            )))
+        }),
+    }
+}
+
 /// Starts the server; returns its address, the stop switch and the task.
 async fn start() -> (
     std::net::SocketAddr,
@@ -62,7 +82,7 @@ async fn start() -> (
         keepalive: Duration::from_secs(30),
         max_streams: 1024,
     };
-    let task = tokio::spawn(serve(listener, routes(), settings, stop_rx));
+    let task = tokio::spawn(serve(listener, routes(), vec![direct()], settings, stop_rx));
     (addr, stop_tx, task)
 }
 
@@ -156,6 +176,24 @@ async fn requests_carry_the_peer_address() {
     let (status, body) = get_body(&send, addr, "/peer", Duration::ZERO).await;
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8(body).unwrap(), local.to_string());
+}
+
+#[tokio::test]
+async fn a_direct_service_gets_its_paths_and_the_router_the_rest() {
+    let (addr, _stop, _task) = start().await;
+    let (send, local) = client(addr).await;
+    let (status, body) = get_body(&send, addr, "/test.Echo/Say", Duration::ZERO).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("direct /test.Echo/Say from {local}")
+    );
+    // A name that only starts like the service's is not the service: the
+    // router answers it (this one has no such route: 404).
+    let (status, body) = get_body(&send, addr, "/test.EchoMore/Say", Duration::ZERO).await;
+    assert_eq!((status, body.as_slice()), (404, &b""[..]));
+    let (status, body) = get_body(&send, addr, "/small/3", Duration::ZERO).await;
+    assert_eq!((status, body.as_slice()), (200, &b"stream 3"[..]));
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
-//! One ADS stream, run as the response stream tonic polls.
+//! One ADS stream, run as the response body hyper polls.
 //!
 //! The stream's protocol state is driven from inside the response body's
-//! `poll_next`: it reads the client's next request and, when the
+//! `poll_frame`: it reads the client's next request and, when the
 //! debouncer wakes it, the latest generation, and yields what they
 //! produce. After computing responses it records what they depend on
 //! (its [`Interest`]) in the server's watchers, where the debouncer finds
@@ -15,18 +15,27 @@
 //! got (coalesced), never a backlog. Other streams never wait for it.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
 use futures_util::Stream;
+use http_body::Frame;
+use prost::Message;
+use tonic::codegen::http;
 use tonic::{Status, Streaming};
 
+use super::grpc::MAX_RESPONSE;
 use super::{mcp_export_for, namespace_of, protocol_status, Inner, RateLimit, Slot, TypeLabel};
 use crate::cache::Interest;
 use crate::mcp::Export;
-use crate::protocol::{DeltaStream, ProtocolError, SotwStream, TypeStatus, View};
+use crate::protocol::{
+    DeltaResponse, DeltaStream, Encode, ProtocolError, SotwStream, TypeStatus, View,
+};
 use crate::resources::ResourceType;
 
 /// One ADS variant's per-stream protocol state and message shapes, as the
@@ -34,9 +43,9 @@ use crate::resources::ResourceType;
 /// [`DeltaStream`] for `DeltaAggregatedResources`.
 pub(super) trait Protocol: Sized + Send + 'static {
     /// The request message.
-    type Request: Send + 'static;
+    type Request: Message + Default + Unpin + Send + 'static;
     /// The response message.
-    type Response: Send + 'static;
+    type Response: Encode + Unpin + Send + 'static;
     /// `sotw` or `delta`, as listed and labelled.
     const VARIANT: &'static str;
 
@@ -120,7 +129,7 @@ protocol_impl!(
 protocol_impl!(
     DeltaStream,
     ds::DeltaDiscoveryRequest,
-    ds::DeltaDiscoveryResponse,
+    DeltaResponse,
     "delta"
 );
 
@@ -146,8 +155,10 @@ pub(super) struct AdsStream<P: Protocol> {
     recheck: bool,
     /// Responses produced and not yet yielded, in order.
     pending: std::vec::IntoIter<P::Response>,
-    /// The error that ends the stream, yielded after `pending`.
+    /// The status that ends the stream (`OK` when it ends normally), sent
+    /// after `pending`.
     error: Option<Status>,
+    /// The trailers were sent.
     done: bool,
 }
 
@@ -172,62 +183,48 @@ impl<P: Protocol> AdsStream<P> {
         }
     }
 
-    /// The responses, as the stream tonic sends: it ends when the client
-    /// half-closes or resets, the node shuts down, or after an error
-    /// status (a request that does not decode, an unknown type, the
-    /// request rate exceeded).
-    pub(super) fn into_stream(self) -> impl Stream<Item = Result<P::Response, Status>> + Send {
-        futures_util::stream::unfold(self, |mut s| async move {
-            let item = s.next().await?;
-            Some((item, s))
-        })
-    }
-
-    async fn next(&mut self) -> Option<Result<P::Response, Status>> {
+    /// The next response, or the status that ends the stream: an error
+    /// (a request that does not decode, an unknown type, the request rate
+    /// exceeded) after the responses already produced, or `OK` when the
+    /// client half-closes or resets or the node shuts down. Reads the
+    /// client's requests and the debouncer's wake-ups as it goes.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Result<P::Response, Status>> {
         loop {
             if let Some(r) = self.pending.next() {
-                return Some(Ok(r));
+                return Poll::Ready(Ok(r));
             }
             if let Some(e) = self.error.take() {
-                self.done = true;
-                return Some(Err(e));
-            }
-            if self.done {
-                return None;
+                return Poll::Ready(Err(e));
             }
             if std::mem::take(&mut self.recheck) {
                 self.on_change();
                 continue;
             }
-            let event = tokio::select! {
-                msg = self.incoming.message() => match msg {
-                    Ok(Some(req)) => Event::Request(req),
-                    Ok(None) => Event::End,
-                    Err(status) => Event::Error(status),
-                },
-                () = std::future::poll_fn(|cx| self.slot.wake.poll(cx)) => {
-                    if self.inner.closing.load(Ordering::Acquire) {
-                        Event::End
-                    } else {
-                        Event::Generation
+            if let Poll::Ready(msg) = Pin::new(&mut self.incoming).poll_next(cx) {
+                match msg {
+                    Some(Ok(req)) => self.on_request(&req),
+                    None => self.error = Some(Status::ok("")),
+                    Some(Err(status)) => {
+                        // A request that does not decode (tonic's INTERNAL,
+                        // as gRPC specifies for a parse error, naming it)
+                        // ends this stream with that status; after a reset
+                        // nobody reads it.
+                        tracing::debug!(stream = self.id, error = %status.message(), "ADS request stream failed");
+                        if status.code() == tonic::Code::Internal {
+                            self.inner.metrics.rejected.inc();
+                        }
+                        self.error = Some(status);
                     }
                 }
-            };
-            match event {
-                Event::Request(req) => self.on_request(&req),
-                Event::Generation => self.on_change(),
-                Event::End => self.done = true,
-                Event::Error(status) => {
-                    // A request that does not decode (tonic's INTERNAL,
-                    // as gRPC specifies for a parse error, naming it) ends
-                    // this stream with that status; after a reset nobody
-                    // reads it.
-                    tracing::debug!(stream = self.id, error = %status.message(), "ADS request stream failed");
-                    if status.code() == tonic::Code::Internal {
-                        self.inner.metrics.rejected.inc();
-                    }
-                    self.error = Some(status);
-                }
+                continue;
+            }
+            if self.slot.wake.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.inner.closing.load(Ordering::Acquire) {
+                self.error = Some(Status::ok(""));
+            } else {
+                self.on_change();
             }
         }
     }
@@ -337,17 +334,61 @@ impl<P: Protocol> AdsStream<P> {
     }
 }
 
-/// What woke a stream.
-enum Event<R> {
-    /// The client's next request.
-    Request(R),
-    /// A new generation.
-    Generation,
-    /// The client half-closed, or the node shuts down.
-    End,
-    /// The request stream failed: a message that does not decode, or a
-    /// reset.
-    Error(Status),
+/// The response body: each response framed as a gRPC
+/// Length-Prefixed-Message (`PROTOCOL-HTTP2.md`), then the trailers with
+/// the stream's final `grpc-status`. Polled only while HTTP/2 flow control
+/// lets the stream send.
+impl<P: Protocol> http_body::Body for AdsStream<P> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let status = match std::task::ready!(this.poll_item(cx)) {
+            Ok(r) => match frame(&r) {
+                Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        this.done = true;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(e) = status.add_header(&mut trailers) {
+            // A message that cannot be a header value: send the code alone.
+            trailers.clear();
+            Status::new(status.code(), "").add_header(&mut trailers)?;
+            tracing::debug!(stream = this.id, error = %e, "ADS status message dropped");
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// `msg` as one gRPC Length-Prefixed-Message: a zero compressed-flag byte,
+/// the length as a big-endian `u32`, the encoded message; in a buffer of
+/// exactly that size. Fails with `RESOURCE_EXHAUSTED` over
+/// [`MAX_RESPONSE`] bytes.
+fn frame<M: Encode>(msg: &M) -> Result<Bytes, Status> {
+    let len = msg.encoded_len();
+    if len > MAX_RESPONSE {
+        return Err(Status::resource_exhausted(format!(
+            "response of {len} bytes is over the {MAX_RESPONSE}-byte limit"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    msg.encode_raw(&mut buf);
+    Ok(buf.freeze())
 }
 
 impl<P: Protocol> Drop for AdsStream<P> {

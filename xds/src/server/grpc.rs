@@ -4,31 +4,39 @@
 //! (delta), routed by path to an [`AdsStream`] each.
 //!
 //! Written here rather than taken from the code generated in `envoy-types`
-//! for one reason: the codec. tonic gives every stream an 8 KiB decode
-//! buffer and an 8 KiB encode buffer for its whole life; with 10,000 idle
-//! streams that is most of the server's memory. ADS requests are a few
-//! hundred bytes and most responses a few KiB, so [`AdsCodec`] starts both
-//! buffers at [`CODEC_BUFFER`] bytes (they grow for a larger message, as
-//! tonic's do).
+//! for the push path's sake. Requests are decoded by tonic's [`Streaming`]
+//! (a [`CODEC_BUFFER`]-byte initial buffer instead of tonic's 8 KiB, which
+//! with 10,000 idle streams was most of the server's memory). Responses do
+//! not go through tonic's encoder: the response body is the stream itself
+//! ([`AdsStream`] is an `http_body::Body`), which frames each response as a
+//! gRPC Length-Prefixed-Message in a buffer of its exact size and ends with
+//! the `grpc-status` trailers (gRPC over HTTP/2, `PROTOCOL-HTTP2.md`). Per
+//! push that saves tonic's encode state machine, its shared encode buffer
+//! and one boxed body layer.
+//!
+//! Compression is not negotiated: a request with a `grpc-encoding` other
+//! than `identity` gets `UNIMPLEMENTED` (as tonic answers without
+//! compression support) and responses are never compressed.
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use prost::Message;
+use http_body_util::BodyExt;
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, Codec};
-use tonic::codegen::{http, BoxFuture, BoxStream, Service};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
-use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic::codec::{BufferSettings, Streaming};
+use tonic::codegen::{http, Service};
+use tonic::metadata::MetadataValue;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
+use tonic::Status;
+use tonic_prost::ProstDecoder;
 
 use super::ads_stream::{AdsStream, Protocol};
 use super::Inner;
 use crate::protocol::{DeltaStream, SotwStream};
 
-/// Initial size of a stream's encode and decode buffers, bytes.
+/// Initial size of a stream's decode buffer, bytes.
 pub const CODEC_BUFFER: usize = 1024;
 /// Largest request accepted, bytes (tonic's default).
 pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
@@ -58,86 +66,78 @@ where
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(self.answer(req)))
+    }
+}
+
+impl AdsService {
+    /// Answers one request for either method: the response's body is the
+    /// ADS stream. A request for any other path gets `UNIMPLEMENTED`.
+    pub fn answer<B>(&self, req: http::Request<B>) -> http::Response<Body>
+    where
+        B: tonic::codegen::Body + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    {
         let inner = self.inner.clone();
         match req.uri().path() {
-            SOTW_PATH => Box::pin(serve::<SotwStream, B>(inner, req)),
-            DELTA_PATH => Box::pin(serve::<DeltaStream, B>(inner, req)),
-            path => {
-                let status = Status::unimplemented(format!("no such ADS method: {path}"));
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
+            SOTW_PATH => open::<SotwStream, B>(inner, req),
+            DELTA_PATH => open::<DeltaStream, B>(inner, req),
+            path => Status::unimplemented(format!("no such ADS method: {path}")).into_http(),
+        }
+    }
+
+    /// The service as the gRPC port serves it ahead of the router
+    /// ([`meshreg_registry::http2::Direct`]): each request and response
+    /// message skips the router's body layers.
+    pub fn direct(self) -> meshreg_registry::http2::Direct {
+        meshreg_registry::http2::Direct {
+            name: <Self as NamedService>::NAME,
+            call: Arc::new(move |req| self.answer(req)),
         }
     }
 }
 
-async fn serve<P, B>(
-    inner: Arc<Inner>,
-    req: http::Request<B>,
-) -> Result<http::Response<Body>, Infallible>
+/// Opens an [`AdsStream`] of protocol `P` reading `req`'s body; the
+/// response's body is the stream.
+fn open<P, B>(inner: Arc<Inner>, req: http::Request<B>) -> http::Response<Body>
 where
     P: Protocol,
-    P::Request: Message + Default,
-    P::Response: Message,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send + 'static,
 {
-    let mut grpc = Grpc::new(AdsCodec::<P::Response, P::Request>::default())
-        .apply_max_message_size_config(Some(MAX_REQUEST), Some(MAX_RESPONSE));
-    Ok(grpc.streaming(Method::<P>(inner, PhantomData), req).await)
-}
-
-/// One method: opens an [`AdsStream`] of protocol `P` per call.
-struct Method<P>(Arc<Inner>, PhantomData<fn() -> P>);
-
-impl<P: Protocol> StreamingService<P::Request> for Method<P> {
-    type Response = P::Response;
-    type ResponseStream = BoxStream<P::Response>;
-    type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, req: Request<Streaming<P::Request>>) -> Self::Future {
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let stream = AdsStream::<P>::open(self.0.clone(), req.into_inner(), peer);
-        std::future::ready(Ok(Response::new(Box::pin(stream.into_stream()))))
+    if let Some(encoding) = req.headers().get("grpc-encoding") {
+        if encoding.as_bytes() != b"identity" {
+            let mut status = Status::unimplemented(format!(
+                "grpc-encoding: {} is not supported (requests must not be compressed)",
+                String::from_utf8_lossy(encoding.as_bytes())
+            ));
+            status.metadata_mut().insert(
+                "grpc-accept-encoding",
+                MetadataValue::from_static("identity"),
+            );
+            return status.into_http();
+        }
     }
-}
-
-/// prost encoding with [`CODEC_BUFFER`]-byte initial buffers (tonic's
-/// default is 8 KiB each) and tonic's default yield threshold (32 KiB).
-#[derive(Debug)]
-struct AdsCodec<E, D>(PhantomData<fn() -> (E, D)>);
-
-impl<E, D> Default for AdsCodec<E, D> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-fn buffers() -> BufferSettings {
-    BufferSettings::new(CODEC_BUFFER, 32 * 1024)
-}
-
-impl<E, D> Codec for AdsCodec<E, D>
-where
-    E: Message + Send + 'static,
-    D: Message + Default + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = ProstEncoder<E>;
-    type Decoder = ProstDecoder<D>;
-
-    fn encoder(&mut self) -> ProstEncoder<E> {
-        ProstEncoder::new(buffers())
-    }
-
-    fn decoder(&mut self) -> ProstDecoder<D> {
-        ProstDecoder::new(buffers())
-    }
+    let peer = req
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let decoder = ProstDecoder::<P::Request>::new(BufferSettings::new(CODEC_BUFFER, 32 * 1024));
+    let incoming = Streaming::new_request(decoder, req.into_body(), None, Some(MAX_REQUEST));
+    let stream = AdsStream::<P>::open(inner, incoming, peer);
+    let mut response = http::Response::new(Body::new(stream.boxed_unsync()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
