@@ -22,7 +22,6 @@ use std::sync::Arc;
 use bytes::BufMut;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-use prost::Message;
 
 use crate::cache::Built;
 use crate::resources::{version_of, ResourceType};
@@ -272,14 +271,14 @@ impl SotwStream {
         &mut self,
         req: &ds::DiscoveryRequest,
         view: &mut dyn View,
-    ) -> Result<Vec<ds::DiscoveryResponse>, ProtocolError> {
+    ) -> Result<Vec<SotwResponse>, ProtocolError> {
         let ty = match self.routing.route(&req.type_url, &req.response_nonce)? {
             Route::Serve(ty) => ty,
             Route::Nothing => return Ok(Vec::new()),
             Route::Empty(nonce) => {
-                return Ok(vec![ds::DiscoveryResponse {
+                return Ok(vec![SotwResponse {
                     version_info: "empty".into(),
-                    type_url: req.type_url.clone(),
+                    type_url: Cow::Owned(req.type_url.clone()),
                     nonce,
                     ..Default::default()
                 }]);
@@ -328,7 +327,7 @@ impl SotwStream {
     }
 
     /// Responses for a data change, in CDS → EDS → LDS → RDS order.
-    pub fn on_change(&mut self, view: &mut dyn View) -> Vec<ds::DiscoveryResponse> {
+    pub fn on_change(&mut self, view: &mut dyn View) -> Vec<SotwResponse> {
         let mut out = Vec::new();
         let mut eds_forced = false;
         for ty in ResourceType::ALL {
@@ -349,7 +348,7 @@ impl SotwStream {
         ty: ResourceType,
         force: bool,
         view: &mut dyn View,
-    ) -> Option<ds::DiscoveryResponse> {
+    ) -> Option<SotwResponse> {
         let s = self.types.get_mut(&ty)?;
         let targets = s.sub.targets(ty, view);
         let built: Vec<Arc<Built>> = targets.iter().filter_map(|n| view.get(ty, n)).collect();
@@ -375,12 +374,11 @@ impl SotwStream {
             .iter()
             .map(|b| (b.name.clone(), b.version.clone()))
             .collect();
-        Some(ds::DiscoveryResponse {
+        Some(SotwResponse {
             version_info: version,
-            resources: built.iter().map(|b| b.any.clone()).collect(),
-            type_url: ty.url().to_string(),
+            resources: built,
+            type_url: Cow::Borrowed(ty.url()),
             nonce,
-            ..Default::default()
         })
     }
 
@@ -393,7 +391,7 @@ impl SotwStream {
     }
 }
 
-// ----------------------------------------------------------------- delta
+// ------------------------------------------------------ responses as sent
 
 /// A response as written on the wire: its protobuf encoding without the
 /// gRPC length prefix.
@@ -404,14 +402,60 @@ pub trait Encode {
     fn encode_raw(&self, buf: &mut impl BufMut);
 }
 
-impl Encode for ds::DiscoveryResponse {
-    fn encoded_len(&self) -> usize {
-        Message::encoded_len(self)
-    }
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        Message::encode_raw(self, buf);
+/// One state-of-the-world response: `DiscoveryResponse`
+/// (`envoy/service/discovery/v3/discovery.proto`) whose resources are the
+/// shared, already encoded [`Built`]s rather than copies of them, so a push
+/// to many streams copies each resource once per stream, into the frame
+/// that carries it. Encodes to the bytes prost gives
+/// [`SotwResponse::to_message`] (tested).
+#[derive(Debug, Clone, Default)]
+pub struct SotwResponse {
+    /// `version_info` (1).
+    pub version_info: String,
+    /// `resources` (2): each resource's `Any`.
+    pub resources: Vec<Arc<Built>>,
+    /// `type_url` (4).
+    pub type_url: Cow<'static, str>,
+    /// `nonce` (5).
+    pub nonce: String,
+}
+
+impl SotwResponse {
+    /// The same response as a prost message (copies every resource).
+    pub fn to_message(&self) -> ds::DiscoveryResponse {
+        ds::DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            resources: self.resources.iter().map(|b| b.any.clone()).collect(),
+            type_url: self.type_url.to_string(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
     }
 }
+
+impl Encode for SotwResponse {
+    fn encoded_len(&self) -> usize {
+        string_len(1, &self.version_info)
+            + self
+                .resources
+                .iter()
+                .map(|b| prost::encoding::message::encoded_len(2, &b.any))
+                .sum::<usize>()
+            + string_len(4, &self.type_url)
+            + string_len(5, &self.nonce)
+    }
+
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        put_string(1, &self.version_info, buf);
+        for b in &self.resources {
+            prost::encoding::message::encode(2, &b.any, buf);
+        }
+        put_string(4, &self.type_url, buf);
+        put_string(5, &self.nonce, buf);
+    }
+}
+
+// ----------------------------------------------------------------- delta
 
 /// One delta response: `DeltaDiscoveryResponse`
 /// (`envoy/service/discovery/v3/discovery.proto`) whose resources are the

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
 
 use super::*;
 
@@ -73,10 +74,10 @@ fn nack(mut r: ds::DiscoveryRequest) -> ds::DiscoveryRequest {
     r
 }
 
-fn names(r: &ds::DiscoveryResponse) -> Vec<String> {
+fn names(r: &SotwResponse) -> Vec<String> {
     r.resources
         .iter()
-        .map(|a| String::from_utf8(a.value.clone()).unwrap())
+        .map(|b| String::from_utf8(b.any.value.clone()).unwrap())
         .collect()
 }
 
@@ -157,7 +158,7 @@ fn sotw_pushes_cds_then_eds_and_resends_eds_after_cds() {
     s.on_request(&sotw(CDS, &[], "", ""), &mut v).unwrap();
     v.set(CDS, "c", "c2");
     let r = s.on_change(&mut v);
-    let types: Vec<&str> = r.iter().map(|r| r.type_url.as_str()).collect();
+    let types: Vec<&str> = r.iter().map(|r| r.type_url.as_ref()).collect();
     assert_eq!(
         types,
         vec![CDS.url(), EDS.url()],
@@ -201,45 +202,76 @@ fn dnames(r: &DeltaResponse) -> Vec<String> {
     r.resources.iter().map(|r| r.name.clone()).collect()
 }
 
-/// `DeltaResponse` writes what prost writes for the same
-/// `DeltaDiscoveryResponse`, and a client's prost decodes it back.
+/// `got` encodes to the bytes prost gives `want`, and prost decodes them
+/// back to `want`.
+fn assert_encodes_as<M: Message + Default + PartialEq + std::fmt::Debug>(
+    got: &impl Encode,
+    want: &M,
+) {
+    let mut bytes = Vec::new();
+    got.encode_raw(&mut bytes);
+    assert_eq!(bytes, want.encode_to_vec(), "{want:?}");
+    assert_eq!(got.encoded_len(), bytes.len());
+    assert_eq!(&M::decode(&bytes[..]).unwrap(), want);
+}
+
+/// An Istio collection meshreg does not hold, answered with an empty
+/// response.
+const GATEWAYS: &str = "networking.istio.io/v1alpha3/Gateway";
+
+/// `DeltaResponse` and `SotwResponse` write what prost writes for the same
+/// `DeltaDiscoveryResponse` and `DiscoveryResponse`.
 #[test]
-fn delta_responses_encode_as_prost_does() {
+fn responses_encode_as_prost_does() {
     let mut v = Fake::default();
     v.set(EDS, "a", "first resource");
     v.set(EDS, "b", &"long resource ".repeat(40));
-    let mut s = DeltaStream::new(7);
-    let mut responses = s
+    let mut d = DeltaStream::new(7);
+    let mut deltas = d
         .on_request(&delta(EDS, &["a", "b", "ghost"], &[], ""), &mut v)
         .unwrap();
+    let mut s = SotwStream::new(7);
+    let mut sotws = s
+        .on_request(&sotw(EDS, &["a", "b"], "", ""), &mut v)
+        .unwrap();
     v.del(EDS, "a");
-    responses.extend(s.on_change(&mut v));
-    // An Istio collection meshreg does not hold: an empty response.
-    responses.extend(
-        s.on_request(
+    deltas.extend(d.on_change(&mut v));
+    sotws.extend(s.on_change(&mut v));
+    deltas.extend(
+        d.on_request(
             &ds::DeltaDiscoveryRequest {
-                type_url: "networking.istio.io/v1alpha3/Gateway".into(),
+                type_url: GATEWAYS.into(),
                 ..Default::default()
             },
             &mut v,
         )
         .unwrap(),
     );
-    assert_eq!(responses.len(), 3);
+    sotws.extend(
+        s.on_request(
+            &ds::DiscoveryRequest {
+                type_url: GATEWAYS.into(),
+                ..Default::default()
+            },
+            &mut v,
+        )
+        .unwrap(),
+    );
+    assert_eq!(deltas.len(), 3);
     assert_eq!(
-        (dnames(&responses[0]), &responses[0].removed_resources),
+        (dnames(&deltas[0]), &deltas[0].removed_resources),
         (
             vec!["a".to_string(), "b".to_string()],
             &vec!["ghost".to_string()]
         )
     );
-    for r in &responses {
-        let want = r.to_message();
-        let mut got = Vec::new();
-        r.encode_raw(&mut got);
-        assert_eq!(got, want.encode_to_vec(), "{want:?}");
-        assert_eq!(Encode::encoded_len(r), got.len());
-        assert_eq!(ds::DeltaDiscoveryResponse::decode(&got[..]).unwrap(), want);
+    assert_eq!(sotws.len(), 3);
+    assert_eq!(sotws[0].resources.len(), 2);
+    for r in &deltas {
+        assert_encodes_as(r, &r.to_message());
+    }
+    for r in &sotws {
+        assert_encodes_as(r, &r.to_message());
     }
 }
 

@@ -34,7 +34,7 @@ use super::{mcp_export_for, namespace_of, protocol_status, Inner, RateLimit, Slo
 use crate::cache::Interest;
 use crate::mcp::Export;
 use crate::protocol::{
-    DeltaResponse, DeltaStream, Encode, ProtocolError, SotwStream, TypeStatus, View,
+    DeltaResponse, DeltaStream, Encode, ProtocolError, SotwResponse, SotwStream, TypeStatus, View,
 };
 use crate::resources::ResourceType;
 
@@ -120,12 +120,7 @@ macro_rules! protocol_impl {
     };
 }
 
-protocol_impl!(
-    SotwStream,
-    ds::DiscoveryRequest,
-    ds::DiscoveryResponse,
-    "sotw"
-);
+protocol_impl!(SotwStream, ds::DiscoveryRequest, SotwResponse, "sotw");
 protocol_impl!(
     DeltaStream,
     ds::DeltaDiscoveryRequest,
