@@ -88,9 +88,9 @@ pub struct Interest {
     /// change in the stream's namespace.
     pub namespace: bool,
     /// Applications whose instances the resources are built from.
-    pub apps: HashSet<String>,
+    pub apps: HashSet<Arc<str>>,
     /// Services whose instances the resources are built from.
-    pub services: HashSet<String>,
+    pub services: HashSet<Arc<str>>,
 }
 
 impl Interest {
@@ -135,10 +135,10 @@ impl Interest {
     }
 }
 
-/// Inserts `name` unless present: a lookup allocates nothing when it is.
-fn insert_missing(set: &mut HashSet<String>, name: &str) {
+/// Inserts `name` unless present (a reference count, not a copy).
+fn insert_missing(set: &mut HashSet<Arc<str>>, name: &Arc<str>) {
     if !set.contains(name) {
-        set.insert(name.to_string());
+        set.insert(name.clone());
     }
 }
 
@@ -312,8 +312,8 @@ impl ResourceCache {
                 names.retain(|_, e| match &e.dep {
                     Dependency::Namespace | Dependency::Everything => false,
                     Dependency::Nothing => true,
-                    Dependency::App(a) => !c.apps.contains(a),
-                    Dependency::Service(s) => !c.services.contains(s),
+                    Dependency::App(a) => !c.apps.contains(&**a),
+                    Dependency::Service(s) => !c.services.contains(&**s),
                 });
             }
         }
@@ -448,7 +448,7 @@ mod tests {
             .peek_noting("default", ResourceType::Endpoint, &eds("pay"), &mut hit)
             .is_some());
         assert_eq!(i, hit);
-        assert_eq!(i.apps, HashSet::from(["pay".to_string()]));
+        assert_eq!(i.apps, HashSet::from([Arc::from("pay")]));
         assert!(!i.namespace && !i.everything);
 
         // A name that does not resolve depends on the whole namespace.

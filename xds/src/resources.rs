@@ -24,6 +24,7 @@
 //! [`cluster()`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -567,10 +568,12 @@ pub fn load_assignment(name: &str, eps: &[(std::sync::Arc<Instance>, u16)]) -> A
 /// What a resource depends on, for cache invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dependency {
-    /// Changes to this application's instances.
-    App(String),
+    /// Changes to this application's instances. Shared with every
+    /// stream's [`crate::cache::Interest`] that notes it, so noting it
+    /// copies no name.
+    App(Arc<str>),
     /// Changes to instances exposing this service.
-    Service(String),
+    Service(Arc<str>),
     /// Any change in the namespace (resources that do not exist yet).
     Namespace,
     /// Any change anywhere (resources spanning namespaces).
@@ -606,8 +609,8 @@ pub fn build(reg: &Registry, ns: &str, ty: ResourceType, name: &str) -> (Option<
         return (None, Dependency::Namespace);
     };
     let dep = match &target {
-        Target::App { app, .. } => Dependency::App(app.clone()),
-        Target::Service { service } => Dependency::Service(service.clone()),
+        Target::App { app, .. } => Dependency::App(app.as_str().into()),
+        Target::Service { service } => Dependency::Service(service.as_str().into()),
     };
     let any = match ty {
         ResourceType::Listener => listener(name),

@@ -238,7 +238,7 @@ pub fn build(
                 if valid_app(app) {
                     (
                         Some(inbound_route(reg, ns, name, app)),
-                        Dependency::App(app.to_string()),
+                        Dependency::App(app.into()),
                     )
                 } else {
                     never
@@ -263,7 +263,7 @@ pub fn build(
                     let exists = app_ports(reg, ns, app).contains(&port);
                     (
                         exists.then(|| inbound_cluster(name, port)),
-                        Dependency::App(app.to_string()),
+                        Dependency::App(app.into()),
                     )
                 }
                 _ => never,

@@ -3,6 +3,7 @@
 //! that grows with their number, not with the number of streams.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::cache::{Changes, Interest};
 
@@ -19,8 +20,8 @@ pub(super) struct Watchers<T> {
 struct NsWatchers<T> {
     /// Wildcard subscribers and streams waiting for a name to resolve.
     any: HashMap<u64, T>,
-    apps: HashMap<String, HashMap<u64, T>>,
-    services: HashMap<String, HashMap<u64, T>>,
+    apps: HashMap<Arc<str>, HashMap<u64, T>>,
+    services: HashMap<Arc<str>, HashMap<u64, T>>,
 }
 
 impl<T> NsWatchers<T> {
@@ -30,7 +31,7 @@ impl<T> NsWatchers<T> {
 }
 
 /// Stops stream `id` watching `name` in `by`, dropping emptied names.
-fn unwatch<T>(by: &mut HashMap<String, HashMap<u64, T>>, name: &str, id: u64) {
+fn unwatch<T>(by: &mut HashMap<Arc<str>, HashMap<u64, T>>, name: &str, id: u64) {
     if let Some(ids) = by.get_mut(name) {
         ids.remove(&id);
         if ids.is_empty() {
@@ -118,7 +119,7 @@ impl<T: Clone> Watchers<T> {
             };
             lists.push(&w.any);
             for (by, names) in [(&w.apps, &c.apps), (&w.services, &c.services)] {
-                lists.extend(names.iter().filter_map(|name| by.get(name)));
+                lists.extend(names.iter().filter_map(|name| by.get(name.as_str())));
             }
         }
         lists.retain(|l| !l.is_empty());
@@ -144,8 +145,8 @@ mod tests {
         Interest {
             everything: false,
             namespace,
-            apps: apps.iter().map(|s| s.to_string()).collect(),
-            services: services.iter().map(|s| s.to_string()).collect(),
+            apps: apps.iter().map(|s| Arc::from(*s)).collect(),
+            services: services.iter().map(|s| Arc::from(*s)).collect(),
         }
     }
 
