@@ -16,13 +16,14 @@ use std::time::Duration;
 use meshreg_registry::api::ops;
 use meshreg_registry::config::Config;
 use meshreg_registry::error::Error;
+use meshreg_registry::http2::Direct;
 use meshreg_registry::model::DEFAULT_NAMESPACE;
 use meshreg_registry::node::Node;
 use meshreg_registry::server::{self, Listeners};
 use meshreg_xds::config::XdsConfig;
-use meshreg_xds::server::AdsServer;
+use meshreg_xds::server::{AdsServer, AdsService};
 use meshreg_xds::sink::{Sinks, SourceConfig, SourceKind};
-use tonic::service::interceptor::InterceptedService;
+use tonic::server::NamedService;
 use tonic::Status;
 
 /// A TOML config file split into its sections: `[xds]`, `[[sources]]`
@@ -154,31 +155,34 @@ pub async fn run(r: Run) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let extend = move |node: &Arc<Node>| {
         let ads = AdsServer::start(node.clone(), xds);
-        let (grpc, direct, sources_http) = if bridge {
+        let ads_service = ads.service();
+        let (direct, sources_http) = if bridge {
+            // ADS refused with UNAVAILABLE until every source has synced
+            // once, so that no sink takes a partial view for the whole.
             let serving = Arc::new(AtomicBool::new(false));
             let open = serving.clone();
-            let gated = InterceptedService::new(ads.service(), move |req| {
-                if open.load(Ordering::Acquire) {
-                    Ok(req)
-                } else {
-                    Err(Status::unavailable(
-                        "meshreg-bridge has not completed a first sync of every source yet; retry",
-                    ))
-                }
-            });
+            let gated = Direct {
+                name: <AdsService as NamedService>::NAME,
+                call: Arc::new(move |req| {
+                    if open.load(Ordering::Acquire) {
+                        ads_service.answer(req)
+                    } else {
+                        Status::unavailable(
+                            "meshreg-bridge has not completed a first sync of every source yet; retry",
+                        )
+                        .into_http()
+                    }
+                }),
+            };
             let http = start_sources_then_serve(node.clone(), sources, serving);
-            (tonic::service::Routes::new(gated), Vec::new(), http)
+            (gated, http)
         } else {
             let sinks = start_sinks(node.clone(), sources);
-            (
-                tonic::service::Routes::default(),
-                vec![ads.service().direct()],
-                sinks.http_router(),
-            )
+            (ads_service.direct(), sinks.http_router())
         };
         server::Extension {
-            grpc,
-            direct,
+            grpc: tonic::service::Routes::default(),
+            direct: vec![direct],
             http: ads.http_router().merge(sources_http),
         }
     };
