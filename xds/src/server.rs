@@ -38,11 +38,12 @@ use crate::protocol::{ProtocolError, TypeStatus, View};
 use crate::resources::ResourceType;
 
 use self::ads_stream::Protocol;
-pub use self::grpc::{AdsService, CODEC_BUFFER, MAX_REQUEST, MAX_RESPONSE};
+pub use self::grpc::{AdsService, MAX_REQUEST, MAX_RESPONSE};
 use self::watchers::Watchers;
 
 mod ads_stream;
 mod grpc;
+mod requests;
 mod watchers;
 
 /// A batch of changes made visible to the streams.

@@ -23,13 +23,13 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::service::discovery::v3 as ds;
-use futures_util::Stream;
 use http_body::Frame;
 use prost::Message;
-use tonic::codegen::http;
-use tonic::{Status, Streaming};
+use tonic::codegen::{http, StdError};
+use tonic::Status;
 
 use super::grpc::MAX_RESPONSE;
+use super::requests::Requests;
 use super::{mcp_export_for, namespace_of, protocol_status, Inner, RateLimit, Slot, TypeLabel};
 use crate::cache::Interest;
 use crate::mcp::Export;
@@ -132,9 +132,9 @@ protocol_impl!(
 /// responses it has yet to yield. Dropping it (the stream ended, or hyper
 /// dropped the response because the client went away) removes it from the
 /// client list.
-pub(super) struct AdsStream<P: Protocol> {
+pub(super) struct AdsStream<P: Protocol, B> {
     inner: Arc<Inner>,
-    incoming: Streaming<P::Request>,
+    incoming: Requests<P::Request, B>,
     id: u64,
     limit: RateLimit,
     slot: Arc<Slot>,
@@ -157,13 +157,18 @@ pub(super) struct AdsStream<P: Protocol> {
     done: bool,
 }
 
-impl<P: Protocol> AdsStream<P> {
-    /// Registers a stream from `peer` reading `incoming`.
-    pub(super) fn open(inner: Arc<Inner>, incoming: Streaming<P::Request>, peer: String) -> Self {
+impl<P, B> AdsStream<P, B>
+where
+    P: Protocol,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<StdError>,
+{
+    /// Registers a stream from `peer` reading the requests in `body`.
+    pub(super) fn open(inner: Arc<Inner>, body: B, peer: String) -> Self {
         let (id, limit, slot, state) = inner.open::<P>(peer);
         Self {
             inner,
-            incoming,
+            incoming: Requests::new(body),
             id,
             limit,
             slot,
@@ -195,7 +200,7 @@ impl<P: Protocol> AdsStream<P> {
                 self.on_change();
                 continue;
             }
-            if let Poll::Ready(msg) = Pin::new(&mut self.incoming).poll_next(cx) {
+            if let Poll::Ready(msg) = self.incoming.poll_next(cx) {
                 match msg {
                     Some(Ok(req)) => self.on_request(&req),
                     None => self.error = Some(Status::ok("")),
@@ -314,7 +319,9 @@ impl<P: Protocol> AdsStream<P> {
         }
         self.pending = responses.into_iter();
     }
+}
 
+impl<P: Protocol, B> AdsStream<P, B> {
     /// Registers the stream as watching `interest` instead of what it
     /// watched; returns that.
     fn watch(&mut self, interest: Interest) -> Interest {
@@ -333,7 +340,12 @@ impl<P: Protocol> AdsStream<P> {
 /// Length-Prefixed-Message (`PROTOCOL-HTTP2.md`), then the trailers with
 /// the stream's final `grpc-status`. Polled only while HTTP/2 flow control
 /// lets the stream send.
-impl<P: Protocol> http_body::Body for AdsStream<P> {
+impl<P, B> http_body::Body for AdsStream<P, B>
+where
+    P: Protocol,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<StdError>,
+{
     type Data = Bytes;
     type Error = Status;
 
@@ -386,7 +398,7 @@ fn frame<M: Encode>(msg: &M) -> Result<Bytes, Status> {
     Ok(buf.freeze())
 }
 
-impl<P: Protocol> Drop for AdsStream<P> {
+impl<P: Protocol, B> Drop for AdsStream<P, B> {
     fn drop(&mut self) {
         if !self.interest.is_empty() {
             self.watch(Interest::default());

@@ -4,15 +4,17 @@
 //! (delta), routed by path to an [`AdsStream`] each.
 //!
 //! Written here rather than taken from the code generated in `envoy-types`
-//! for the push path's sake. Requests are decoded by tonic's [`Streaming`]
-//! (a [`CODEC_BUFFER`]-byte initial buffer instead of tonic's 8 KiB, which
-//! with 10,000 idle streams was most of the server's memory). Responses do
-//! not go through tonic's encoder: the response body is the stream itself
-//! ([`AdsStream`] is an `http_body::Body`), which frames each response as a
-//! gRPC Length-Prefixed-Message in a buffer of its exact size and ends with
-//! the `grpc-status` trailers (gRPC over HTTP/2, `PROTOCOL-HTTP2.md`). Per
-//! push that saves tonic's encode state machine, its shared encode buffer
-//! and one boxed body layer.
+//! for the push path's sake: neither direction goes through tonic's codec.
+//! The response body is the stream itself ([`AdsStream`] is an
+//! `http_body::Body`), which frames each response as a gRPC
+//! Length-Prefixed-Message in a buffer of its exact size and ends with the
+//! `grpc-status` trailers (gRPC over HTTP/2, `PROTOCOL-HTTP2.md`); requests
+//! are read from the request body as it comes ([`super::requests`]),
+//! decoded straight from the HTTP/2 frame that carries them when it carries
+//! them whole. Per push and ACK that saves tonic's encode and decode state
+//! machines, their per-stream buffers (with 10,000 idle streams, tonic's
+//! default 8 KiB each were most of the server's memory) and the boxed body
+//! layers around them.
 //!
 //! Compression is not negotiated: a request with a `grpc-encoding` other
 //! than `identity` gets `UNIMPLEMENTED` (as tonic answers without
@@ -24,20 +26,16 @@ use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, Streaming};
-use tonic::codegen::{http, Service};
+use tonic::codegen::{http, Bytes, Service, StdError};
 use tonic::metadata::MetadataValue;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 use tonic::Status;
-use tonic_prost::ProstDecoder;
 
 use super::ads_stream::{AdsStream, Protocol};
 use super::Inner;
 use crate::protocol::{DeltaStream, SotwStream};
 
-/// Initial size of a stream's decode buffer, bytes.
-pub const CODEC_BUFFER: usize = 1024;
 /// Largest request accepted, bytes (tonic's default).
 pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
 /// Largest response sent, bytes.
@@ -61,8 +59,8 @@ impl NamedService for AdsService {
 
 impl<B> Service<http::Request<B>> for AdsService
 where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    B: tonic::codegen::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -82,8 +80,8 @@ impl AdsService {
     /// ADS stream. A request for any other path gets `UNIMPLEMENTED`.
     pub fn answer<B>(&self, req: http::Request<B>) -> http::Response<Body>
     where
-        B: tonic::codegen::Body + Send + 'static,
-        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+        B: tonic::codegen::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
     {
         let inner = self.inner.clone();
         match req.uri().path() {
@@ -109,8 +107,8 @@ impl AdsService {
 fn open<P, B>(inner: Arc<Inner>, req: http::Request<B>) -> http::Response<Body>
 where
     P: Protocol,
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    B: tonic::codegen::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
 {
     if let Some(encoding) = req.headers().get("grpc-encoding") {
         if encoding.as_bytes() != b"identity" {
@@ -131,9 +129,7 @@ where
         .and_then(TcpConnectInfo::remote_addr)
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let decoder = ProstDecoder::<P::Request>::new(BufferSettings::new(CODEC_BUFFER, 32 * 1024));
-    let incoming = Streaming::new_request(decoder, req.into_body(), None, Some(MAX_REQUEST));
-    let stream = AdsStream::<P>::open(inner, incoming, peer);
+    let stream = AdsStream::<P, B>::open(inner, req.into_body(), peer);
     let mut response = http::Response::new(Body::new(stream.boxed_unsync()));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
