@@ -205,12 +205,16 @@ where
                     Some(Ok(req)) => self.on_request(&req),
                     None => self.error = Some(Status::ok("")),
                     Some(Err(status)) => {
-                        // A request that does not decode (tonic's INTERNAL,
-                        // as gRPC specifies for a parse error, naming it)
-                        // ends this stream with that status; after a reset
+                        // A request that does not decode (INTERNAL, as
+                        // gRPC specifies for a parse error, naming it) or
+                        // is over the size limit (RESOURCE_EXHAUSTED) ends
+                        // this stream with that status; after a reset
                         // nobody reads it.
                         tracing::debug!(stream = self.id, error = %status.message(), "ADS request stream failed");
-                        if status.code() == tonic::Code::Internal {
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Internal | tonic::Code::ResourceExhausted
+                        ) {
                             self.inner.metrics.rejected.inc();
                         }
                         self.error = Some(status);
