@@ -661,6 +661,29 @@ async fn bad_requests_end_only_their_own_stream() {
     assert_eq!(err.code(), tonic::Code::Internal);
     assert!(err.message().contains("decode"), "{}", err.message());
 
+    // A request over the 4 MiB limit: RESOURCE_EXHAUSTED naming the
+    // limit, as soon as its length prefix arrives.
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let huge = tokio_stream::iter([vec![0x0a_u8; 4 * 1024 * 1024 + 1]]);
+    let mut st = grpc
+        .streaming(
+            tonic::Request::new(huge),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+            ),
+            RawCodec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(5), st.message())
+        .await
+        .expect("an answer")
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("limit"), "{}", err.message());
+
     // A stream that says its requests are compressed: UNIMPLEMENTED
     // naming the encoding (meshreg negotiates none).
     let mut grpc = tonic::client::Grpc::new(channel.clone());
@@ -739,12 +762,19 @@ async fn bad_requests_end_only_their_own_stream() {
     register(&s, "pay", "10.0.0.2");
     let r = good.expect().await;
     assert_eq!(endpoints(&r.resources[0]), 2);
-    // Unknown type, undecodable request, flood: three streams rejected
-    // (the 300 dropped ones are not).
-    assert!(s
-        .get("/metrics")
-        .text
-        .contains("meshreg_xds_rejected_total 3"));
+    // Unknown type, undecodable request, oversized request, flood: four
+    // streams rejected (the compressed one is refused before it is a
+    // stream; the 300 dropped ones are not rejected).
+    let metrics = s.get("/metrics").text;
+    assert!(
+        metrics.contains("meshreg_xds_rejected_total 4"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("rejected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// MCP-over-xDS as istiod consumes it: ServiceEntries wrapped in
