@@ -612,6 +612,31 @@ impl tonic::codec::Codec for RawCodec {
     }
 }
 
+/// Sends `request` (any bytes, framed as one gRPC message) on a new
+/// DeltaAggregatedResources stream; the status the stream ends with.
+async fn raw_delta_stream_error(
+    channel: &tonic::transport::Channel,
+    request: Vec<u8>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut st = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter([request])),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+            ),
+            RawCodec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(5), st.message())
+        .await
+        .expect("an answer")
+        .unwrap_err()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_end_only_their_own_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -640,47 +665,13 @@ async fn bad_requests_end_only_their_own_stream() {
         .connect()
         .await
         .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    let garbage = tokio_stream::iter([vec![0xff_u8, 0xff, 0xff, 0xff]]);
-    let mut st = grpc
-        .streaming(
-            tonic::Request::new(garbage),
-            tonic::codegen::http::uri::PathAndQuery::from_static(
-                "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
-            ),
-            RawCodec,
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    let err = tokio::time::timeout(Duration::from_secs(5), st.message())
-        .await
-        .expect("an answer")
-        .unwrap_err();
+    let err = raw_delta_stream_error(&channel, vec![0xff_u8, 0xff, 0xff, 0xff]).await;
     assert_eq!(err.code(), tonic::Code::Internal);
     assert!(err.message().contains("decode"), "{}", err.message());
 
     // A request over the 4 MiB limit: RESOURCE_EXHAUSTED naming the
     // limit, as soon as its length prefix arrives.
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    let huge = tokio_stream::iter([vec![0x0a_u8; 4 * 1024 * 1024 + 1]]);
-    let mut st = grpc
-        .streaming(
-            tonic::Request::new(huge),
-            tonic::codegen::http::uri::PathAndQuery::from_static(
-                "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
-            ),
-            RawCodec,
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    let err = tokio::time::timeout(Duration::from_secs(5), st.message())
-        .await
-        .expect("an answer")
-        .unwrap_err();
+    let err = raw_delta_stream_error(&channel, vec![0x0a_u8; 4 * 1024 * 1024 + 1]).await;
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("limit"), "{}", err.message());
 
