@@ -374,7 +374,8 @@ impl AdsServer {
         Self { inner }
     }
 
-    /// The gRPC service, for a tonic router.
+    /// The gRPC service: for a tonic router, or through
+    /// [`AdsService::direct`] for the gRPC port, ahead of its router.
     pub fn service(&self) -> AdsService {
         AdsService {
             inner: self.inner.clone(),
