@@ -9,8 +9,8 @@
 //! what it is subscribed to and sends only what changed. A change to one
 //! application costs work for the streams watching it, not for every
 //! stream.
-//! Each stream's protocol state runs inside its response stream
-//! ([`ads_stream`]): a slow or stuck client holds back only its own
+//! Each stream's protocol state runs inside its response body
+//! (`server/ads_stream.rs`): a slow or stuck client holds back only its own
 //! responses and, when it catches up, gets the latest state (coalesced),
 //! never a backlog; other streams never wait for it.
 
