@@ -67,11 +67,13 @@ where
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Status>>> {
         loop {
-            if let Some(msg) = split(&mut self.buf)? {
+            if let Some(len) = whole_message(&self.buf)? {
+                let msg = decode(&self.buf[PREFIX..PREFIX + len]);
+                self.buf.advance(PREFIX + len);
                 if self.buf.is_empty() {
                     self.buf = BytesMut::new();
                 }
-                return Poll::Ready(Some(decode(&msg)));
+                return Poll::Ready(Some(msg));
             }
             if self.ended {
                 if self.buf.is_empty() {
@@ -90,14 +92,14 @@ where
                 Some(Ok(frame)) => frame,
             };
             // Trailers from a client carry nothing for ADS.
-            let Ok(mut data) = frame.into_data() else {
+            let Ok(data) = frame.into_data() else {
                 continue;
             };
             if self.buf.is_empty() {
-                // The common case: whole messages, decoded from the frame.
-                if let Some(msg) = split_bytes(&mut data)? {
-                    self.buf.extend_from_slice(&data);
-                    return Poll::Ready(Some(decode(&msg)));
+                // The common case: a whole message, decoded from the frame.
+                if let Some(len) = whole_message(&data)? {
+                    self.buf.extend_from_slice(&data[PREFIX + len..]);
+                    return Poll::Ready(Some(decode(&data[PREFIX..PREFIX + len])));
                 }
             }
             self.buf.extend_from_slice(&data);
@@ -105,8 +107,12 @@ where
     }
 }
 
-/// The length of the message `prefix` starts, checked.
-fn message_len(prefix: &[u8]) -> Result<usize, Status> {
+/// The length of the message `data` starts with, once `data` holds all of
+/// it (`None` before that); its prefix checked as soon as it is there.
+fn whole_message(data: &[u8]) -> Result<Option<usize>, Status> {
+    let Some(prefix) = data.get(..PREFIX) else {
+        return Ok(None);
+    };
     match prefix[0] {
         0 => {}
         1 => {
@@ -126,35 +132,7 @@ fn message_len(prefix: &[u8]) -> Result<usize, Status> {
             "request message of {len} bytes is over the {MAX_REQUEST}-byte limit"
         )));
     }
-    Ok(len)
-}
-
-/// Takes the first whole message off `buf`, if it holds one.
-fn split(buf: &mut BytesMut) -> Result<Option<Bytes>, Status> {
-    if buf.len() < PREFIX {
-        return Ok(None);
-    }
-    let len = message_len(&buf[..PREFIX])?;
-    if buf.len() < PREFIX + len {
-        buf.reserve(PREFIX + len - buf.len());
-        return Ok(None);
-    }
-    buf.advance(PREFIX);
-    Ok(Some(buf.split_to(len).freeze()))
-}
-
-/// Takes the first whole message off `data`, if it holds one, without
-/// copying it.
-fn split_bytes(data: &mut Bytes) -> Result<Option<Bytes>, Status> {
-    if data.len() < PREFIX {
-        return Ok(None);
-    }
-    let len = message_len(&data[..PREFIX])?;
-    if data.len() < PREFIX + len {
-        return Ok(None);
-    }
-    data.advance(PREFIX);
-    Ok(Some(data.split_to(len)))
+    Ok((data.len() >= PREFIX + len).then_some(len))
 }
 
 fn decode<M: Message + Default>(msg: &[u8]) -> Result<M, Status> {
