@@ -152,7 +152,7 @@ pub(super) struct AdsStream<P: Protocol, B> {
     pending: std::vec::IntoIter<P::Response>,
     /// The status that ends the stream (`OK` when it ends normally), sent
     /// after `pending`.
-    error: Option<Status>,
+    ending: Option<Status>,
     /// The trailers were sent.
     done: bool,
 }
@@ -178,7 +178,7 @@ where
             looked_up: Interest::default(),
             recheck: false,
             pending: Vec::new().into_iter(),
-            error: None,
+            ending: None,
             done: false,
         }
     }
@@ -193,7 +193,7 @@ where
             if let Some(r) = self.pending.next() {
                 return Poll::Ready(Ok(r));
             }
-            if let Some(e) = self.error.take() {
+            if let Some(e) = self.ending.take() {
                 return Poll::Ready(Err(e));
             }
             if std::mem::take(&mut self.recheck) {
@@ -203,7 +203,7 @@ where
             if let Poll::Ready(msg) = self.incoming.poll_next(cx) {
                 match msg {
                     Some(Ok(req)) => self.on_request(&req),
-                    None => self.error = Some(Status::ok("")),
+                    None => self.ending = Some(Status::ok("")),
                     Some(Err(status)) => {
                         // A request that does not decode (INTERNAL, as
                         // gRPC specifies for a parse error, naming it) or
@@ -217,7 +217,7 @@ where
                         ) {
                             self.inner.metrics.rejected.inc();
                         }
-                        self.error = Some(status);
+                        self.ending = Some(status);
                     }
                 }
                 continue;
@@ -226,7 +226,7 @@ where
                 return Poll::Pending;
             }
             if self.inner.closing.load(Ordering::Acquire) {
-                self.error = Some(Status::ok(""));
+                self.ending = Some(Status::ok(""));
             } else {
                 self.on_change();
             }
@@ -237,7 +237,7 @@ where
         let inner = &self.inner;
         if !self.limit.allow() {
             inner.metrics.rejected.inc();
-            self.error = Some(Status::resource_exhausted(format!(
+            self.ending = Some(Status::resource_exhausted(format!(
                 "more than {} xDS requests per second on one stream",
                 inner.config.requests_per_second
             )));
@@ -280,7 +280,7 @@ where
             }
             Err(e) => {
                 inner.metrics.rejected.inc();
-                self.error = Some(protocol_status(e));
+                self.ending = Some(protocol_status(e));
             }
         }
         // What a request looked up adds to what the stream watches (an
