@@ -4,13 +4,21 @@
 # sidecar's resident memory idle (1,000 endpoints) and per 1,000 open client
 # connections. Results go to BENCHMARKS.md by hand.
 #
-# Layout (2 cores): the proxy under test (meshreg-proxy with one worker
-# thread, or nginx with one worker) alone on core 1; the upstream (nginx,
-# one worker, `return 200` of 1 KiB), oha and meshreg on core 0. Every
-# request is a keep-alive POST of 1 KiB answered with 1 KiB, 16 connections.
+# Layout (2 cores): oha and meshreg on core 0; the proxy under test
+# (meshreg-proxy with one worker thread, or nginx with one worker) on core 1.
+# The upstream (nginx, one worker, `return 200` of 1 KiB) is on core 1 for
+# the constant-rate rows, so that the direct call and the proxied one cross
+# between the cores equally often (oha -> upstream and back; oha -> proxy and
+# back, the proxy <-> upstream legs staying on core 1) and the added latency
+# is the hop's own, not the VM's cost of waking another vCPU twice more;
+# RATE_UPSTREAM_CORE=0 puts it on core 0 as before (the direct call then
+# never leaves core 0). For the saturation rows it is on core 0, leaving the
+# proxy its core. Every request is a keep-alive POST of 1 KiB answered with
+# 1 KiB, 16 connections. Each row prints the steal time the hypervisor took
+# from the VM during it.
 #
 # Needs: nginx (Debian), oha (cargo install oha); scripts/install-bench-deps.sh
-# installs both. Usage: [ROUNDS=3] [RATE=1000] benches/proxy-bench.sh [duration_secs]
+# installs both. Usage: [ROUNDS=3] [RATE=1000] [RATE_UPSTREAM_CORE=1] benches/proxy-bench.sh [duration_secs]
 # The constant-rate and saturation runs alternate the targets ROUNDS times
 # and report the medians: single runs on this 2-core machine vary by ~10 %.
 set -euo pipefail
@@ -19,6 +27,7 @@ DUR=${1:-20}
 RATE=${RATE:-1000}
 CONNS=${CONNS:-16}
 ROUNDS=${ROUNDS:-3}
+RATE_UPSTREAM_CORE=${RATE_UPSTREAM_CORE:-1}
 command -v oha >/dev/null || { echo "oha not found: scripts/install-bench-deps.sh" >&2; exit 1; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx not found: scripts/install-bench-deps.sh" >&2; exit 1; }
@@ -54,7 +63,7 @@ EOF
 nginx_conf upstream $UP "location / { client_body_buffer_size 16k; return 200 '$BODY'; }"
 nginx_conf proxy $NGX "location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
 
-taskset -c 0 "$NGINX" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+taskset -c 0 "$NGINX" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -g 'daemon off;' & UP_MASTER=$!; PIDS+=($UP_MASTER)
 taskset -c 1 "$NGINX" -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" -g 'daemon off;' & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
 taskset -c 0 "$BIN/meshreg" server --data-dir "$WORK/reg" --http-addr 127.0.0.1:$HTTP \
   --grpc-addr 127.0.0.1:$GRPC --raft-addr 127.0.0.1:$RAFT >/dev/null 2>"$WORK/reg.log" & PIDS+=($!)
@@ -68,17 +77,21 @@ for _ in $(seq 100); do curl -sf localhost:$ADMIN/ready >/dev/null && break; sle
 curl -sf -H 'Host: up' -d x localhost:$OUT/ | head -c 10 >/dev/null || { echo "proxy not routing"; cat "$WORK/proxy.log"; exit 1; }
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+steal_ticks() { awk '$1 == "cpu" {print $9}' /proc/stat; }
+place_upstream() { # core: move the upstream nginx (master and worker) there
+  for p in "$UP_MASTER" $(pgrep -P "$UP_MASTER"); do taskset -p -c "$1" "$p" >/dev/null; done
+}
 NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
 oha_run() { # label port host extra-args...
   local label=$1 port=$2 host=$3; shift 3
   local pid=$PPID_PROXY
   [ "$port" = "$NGX" ] && pid=$NGINX_WORKER
-  local t0; t0=$(cpu_ticks "$pid")
+  local t0 s0; t0=$(cpu_ticks "$pid"); s0=$(steal_ticks)
   taskset -c 0 oha -z "${DUR}s" -c "$CONNS" --no-tui --output-format json -m POST -D "$WORK/body" \
     -H "Host: $host" "$@" "http://127.0.0.1:$port/" > "$WORK/$label.json"
-  local t1; t1=$(cpu_ticks "$pid")
+  local t1 s1; t1=$(cpu_ticks "$pid"); s1=$(steal_ticks)
   [ "$port" = "$UP" ] && t1=$t0
-  python3 - "$WORK/$label.json" "$label" "$(( t1 - t0 ))" "$DUR" "$WORK/results" <<'EOF'
+  python3 - "$WORK/$label.json" "$label" "$(( t1 - t0 ))" "$DUR" "$WORK/results" "$(( s1 - s0 ))" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1])); label = sys.argv[2]
 s = d["summary"]; p = d["latencyPercentiles"]
@@ -89,12 +102,14 @@ per_core = f"{s['requestsPerSec'] / cpu:8.0f}" if cpu > 0 else "       -"
 open(sys.argv[5], "a").write(f"{label.rsplit('#', 1)[0]} {s['requestsPerSec']:.0f} "
                              f"{s['requestsPerSec'] / cpu if cpu > 0 else 0:.0f} {p['p50']*1000:.4f} {p['p99']*1000:.4f}\n")
 print(f"{label:20s} rps={s['requestsPerSec']:7.0f} p50={p['p50']*1000:6.3f}ms p99={p['p99']*1000:6.3f}ms "
-      f"p99.9={p['p99.9']*1000:6.3f}ms proxy-cpu={cpu:4.2f} rps/core={per_core} codes={codes} errors={dict(d.get('errorDistribution', {}))}")
+      f"p99.9={p['p99.9']*1000:6.3f}ms proxy-cpu={cpu:4.2f} rps/core={per_core} steal={int(sys.argv[6]) * 10}ms "
+      f"codes={codes} errors={dict(d.get('errorDistribution', {}))}")
 EOF
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "--- warm-up"; oha_run warmup $OUT up -q "$RATE" >/dev/null
-echo "--- constant rate $RATE rps, latency correction, $CONNS connections, ${DUR}s"
+echo "--- constant rate $RATE rps, latency correction, $CONNS connections, ${DUR}s, upstream on core $RATE_UPSTREAM_CORE"
+place_upstream "$RATE_UPSTREAM_CORE"
 for r in $(seq "$ROUNDS"); do
   oha_run "direct-rate#$r" $UP up -q "$RATE" --latency-correction
   oha_run "meshreg-proxy-rate#$r" $OUT up -q "$RATE" --latency-correction
@@ -109,6 +124,7 @@ for label in ("meshreg-proxy-rate", "nginx-rate"):
           f"added p99 {med(label, 4) - med('direct-rate', 4):+.3f} ms")
 EOF
 echo "--- saturation, $CONNS connections, ${DUR}s (proxy alone on core 1), $ROUNDS rounds interleaved"
+place_upstream 0
 oha_run direct-max $UP up
 for r in $(seq "$ROUNDS"); do
   oha_run "meshreg-proxy-max#$r" $OUT up
