@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::ads::Kind;
 use crate::config::{Action, LbPolicy};
+use crate::runtime::LATENCY_BOUNDS;
 use crate::Proxy;
 
 /// Binds the admin port.
@@ -350,6 +351,36 @@ async fn stats(State(p): State<Arc<Proxy>>) -> Response {
                 s.by_class[i].load(Relaxed)
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE meshreg_proxy_upstream_rq_time_seconds histogram"
+    );
+    for n in &names {
+        let h = rt.clusters[*n].stats.rq_time.snapshot();
+        let n = esc(n);
+        for ((le, _), c) in LATENCY_BOUNDS.iter().zip(h.cumulative) {
+            let _ = writeln!(
+                out,
+                "meshreg_proxy_upstream_rq_time_seconds_bucket{{cluster=\"{n}\",le=\"{le}\"}} {c}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "meshreg_proxy_upstream_rq_time_seconds_bucket{{cluster=\"{n}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "meshreg_proxy_upstream_rq_time_seconds_sum{{cluster=\"{n}\"}} {}.{:06}",
+            h.sum_us / 1_000_000,
+            h.sum_us % 1_000_000
+        );
+        let _ = writeln!(
+            out,
+            "meshreg_proxy_upstream_rq_time_seconds_count{{cluster=\"{n}\"}} {}",
+            h.count
+        );
     }
     for (metric, kind, get) in [
         (

@@ -77,16 +77,25 @@ pub fn new_client(connect_timeout: Duration) -> HttpClient {
     b.build(conn)
 }
 
-/// Decrements the in-flight counters when the response body is done.
+/// Decrements the in-flight counters when the response body is done, and
+/// then records the request's time in the cluster's `rq_time` when its
+/// response was passed on (`timed`).
 #[derive(Debug)]
 pub struct ActiveGuard {
     ep: Arc<EndpointState>,
     cluster: Arc<ClusterStats>,
     retry: bool,
+    started: Instant,
+    timed: bool,
 }
 
 impl ActiveGuard {
-    fn new(ep: &Arc<EndpointState>, cluster: &Arc<ClusterStats>, retry: bool) -> Self {
+    fn new(
+        ep: &Arc<EndpointState>,
+        cluster: &Arc<ClusterStats>,
+        retry: bool,
+        started: Instant,
+    ) -> Self {
         ep.stats.active.fetch_add(1, Relaxed);
         ep.stats.total.fetch_add(1, Relaxed);
         cluster.active.fetch_add(1, Relaxed);
@@ -97,6 +106,8 @@ impl ActiveGuard {
             ep: Arc::clone(ep),
             cluster: Arc::clone(cluster),
             retry,
+            started,
+            timed: false,
         }
     }
 }
@@ -107,6 +118,9 @@ impl Drop for ActiveGuard {
         self.cluster.active.fetch_sub(1, Relaxed);
         if self.retry {
             self.cluster.active_retries.fetch_sub(1, Relaxed);
+        }
+        if self.timed {
+            self.cluster.rq_time.record(self.started.elapsed());
         }
     }
 }
@@ -210,30 +224,54 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names is cheaper
-    // than a hashed lookup per hop-by-hop name.
-    if !h.keys().any(|n| *n == header::TE || HOP_BY_HOP.contains(n)) {
-        return;
-    }
-    if let Some(conn) = h
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    {
-        for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                if n != header::TE {
-                    h.remove(n);
-                }
-            }
+    // One pass over the names notes which hop-by-hop fields are present
+    // (most requests carry none, most responses only `connection`); only
+    // those are then removed, one hashed lookup each.
+    let mut present = 0u8; // bit i: HOP_BY_HOP[i]
+    let mut te = false;
+    for n in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|x| x == n) {
+            present |= 1 << i;
+        } else {
+            te |= *n == header::TE;
         }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    if present == 0 && !te {
+        return;
+    }
+    if present & 1 != 0 {
+        // The fields `connection` names (RFC 9110 §7.6.1). The usual
+        // tokens, `keep-alive` and `close`, name nothing to remove beyond
+        // the fixed list, so they cost no header name.
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("te")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|n| t.eq_ignore_ascii_case(n.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
     // TE: only "trailers" may pass (gRPC needs it).
-    if h.get(header::TE)
-        .is_some_and(|v| v.as_bytes() != b"trailers")
+    if te
+        && h.get(header::TE)
+            .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         h.remove(header::TE);
     }
@@ -304,7 +342,8 @@ pub async fn handle(
     req: Request<Inbound>,
 ) -> Response<RespBody> {
     let access_log = proxy.bootstrap.access_log;
-    let start = Instant::now();
+    // Read only for the access log: a clock read per request is not free.
+    let start = access_log.then(Instant::now);
     let (method, path, version) = if access_log {
         (
             req.method().clone(),
@@ -338,7 +377,7 @@ pub async fn handle(
             version,
             resp.status().as_u16(),
             out.flags,
-            start.elapsed().as_millis(),
+            start.map_or(0, |s| s.elapsed().as_millis()),
             out.cluster.as_deref().unwrap_or("-"),
             out.upstream.as_deref().unwrap_or("-"),
         );
@@ -493,7 +532,9 @@ async fn forward(
     } else {
         0
     };
-    let deadline = f.timeout.map(|t| Instant::now() + t);
+    // One clock read serves the route's deadline and the first attempt's.
+    let first = Instant::now();
+    let deadline = f.timeout.map(|t| first + t);
     let Some(upstream) = cluster.upstream.get() else {
         return out.reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -584,12 +625,12 @@ async fn forward(
                 (None, None) => h1::RequestBody::Replay(Bytes::new()),
             })
         };
-        let guard = ActiveGuard::new(&ep, &cluster.stats, attempt > 1);
-        let now = Instant::now();
-        let mut budget = deadline.map(|d| d.saturating_duration_since(now));
-        if let Some(pt) = retry.per_try_timeout {
-            budget = Some(budget.map_or(pt, |b| b.min(pt)));
-        }
+        let started = if attempt == 1 { first } else { Instant::now() };
+        let mut guard = ActiveGuard::new(&ep, &cluster.stats, attempt > 1, started);
+        let try_deadline = match retry.per_try_timeout {
+            Some(pt) => Some(deadline.map_or(started + pt, |d| d.min(started + pt))),
+            None => deadline,
+        };
         let call = async {
             match prepared {
                 Prepared::H2(up_req) => client
@@ -611,11 +652,17 @@ async fn forward(
                 }
             }
         };
-        let result = crate::within(budget, call).await;
-        let retries_left = !last_try
-            && replay.is_some()
-            && deadline.is_none_or(|d| Instant::now() < d)
-            && cluster.stats.active_retries.load(Relaxed) < cluster.cfg.limits.max_retries;
+        let result = match try_deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), call).await.ok(),
+            None => Some(call.await),
+        };
+        // Evaluated only for a retriable outcome (it reads the clock).
+        let retries_left = || {
+            !last_try
+                && replay.is_some()
+                && deadline.is_none_or(|d| Instant::now() < d)
+                && cluster.stats.active_retries.load(Relaxed) < cluster.cfg.limits.max_retries
+        };
         match result {
             Some(Ok(mut resp)) => {
                 let status = resp.status().as_u16();
@@ -631,7 +678,7 @@ async fn forward(
                     && ((retry.on_5xx && status >= 500)
                         || (retry.on_gateway_error && (502..=504).contains(&status))
                         || retry.status_codes.contains(&status));
-                if retriable && retries_left {
+                if retriable && retries_left() {
                     drop(resp);
                     drop(guard);
                     cluster.stats.retries.fetch_add(1, Relaxed);
@@ -640,6 +687,7 @@ async fn forward(
                     continue;
                 }
                 strip_hop_by_hop(resp.headers_mut());
+                guard.timed = true;
                 let (p, b) = resp.into_parts();
                 let b = match b {
                     UpBody::H2(b) => RespBody::Upstream(b, guard),
@@ -663,7 +711,7 @@ async fn forward(
                     } else {
                         idem && (retry.on_reset || retry.on_5xx || retry.on_refused_stream)
                     };
-                if retriable && retries_left {
+                if retriable && retries_left() {
                     cluster.stats.retries.fetch_add(1, Relaxed);
                     prev = Some(ep);
                     tokio::time::sleep(retry_backoff(attempt - 1)).await;
@@ -689,7 +737,7 @@ async fn forward(
                 cluster.record(&ep, Outcome::LocalFailure);
                 let retriable =
                     f.retry.is_some() && idem && (retry.on_5xx || retry.on_gateway_error);
-                if retriable && retries_left {
+                if retriable && retries_left() {
                     cluster.stats.retries.fetch_add(1, Relaxed);
                     prev = Some(ep);
                     continue;

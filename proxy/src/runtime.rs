@@ -105,9 +105,93 @@ impl EndpointState {
     }
 }
 
+/// Bucket upper bounds of [`LatencyHistogram`]: (Prometheus `le` label in
+/// seconds, bound in microseconds). Envoy's default histogram buckets
+/// (0.5 ms to 1 h) with two below them, where a sidecar hop on one host
+/// lands.
+pub const LATENCY_BOUNDS: [(&str, u64); 21] = [
+    ("0.0001", 100),
+    ("0.00025", 250),
+    ("0.0005", 500),
+    ("0.001", 1_000),
+    ("0.005", 5_000),
+    ("0.01", 10_000),
+    ("0.025", 25_000),
+    ("0.05", 50_000),
+    ("0.1", 100_000),
+    ("0.25", 250_000),
+    ("0.5", 500_000),
+    ("1", 1_000_000),
+    ("2.5", 2_500_000),
+    ("5", 5_000_000),
+    ("10", 10_000_000),
+    ("30", 30_000_000),
+    ("60", 60_000_000),
+    ("300", 300_000_000),
+    ("600", 600_000_000),
+    ("1800", 1_800_000_000),
+    ("3600", 3_600_000_000),
+];
+
+/// A latency histogram over [`LATENCY_BOUNDS`], at microsecond resolution;
+/// recording is three relaxed atomic additions.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket, not cumulative: index `i` counts those at
+    /// most `LATENCY_BOUNDS[i]` and above the bound before; the last,
+    /// those above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    /// Sum of the observations, in microseconds.
+    sum_us: AtomicU64,
+}
+
+/// A [`LatencyHistogram`]'s counts as Prometheus exposes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Cumulative counts: `cumulative[i]` observations took at most
+    /// `LATENCY_BOUNDS[i]`.
+    pub cumulative: [u64; LATENCY_BOUNDS.len()],
+    /// All observations (the `+Inf` bucket).
+    pub count: u64,
+    /// Sum of the observations, in microseconds.
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation of `d`.
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS.partition_point(|&(_, bound)| bound < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The counts now (each read on its own: a snapshot taken while
+    /// requests complete may be off by those in flight).
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = [0; LATENCY_BOUNDS.len()];
+        let mut count = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            count += b.load(Relaxed);
+            if let Some(c) = cumulative.get_mut(i) {
+                *c = count;
+            }
+        }
+        HistogramSnapshot {
+            cumulative,
+            count,
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+}
+
 /// Counters of one cluster (kept across updates by cluster name).
 #[derive(Debug, Default)]
 pub struct ClusterStats {
+    /// Time of the upstream requests whose response was passed on, from
+    /// the attempt's start to the end of the response body (or the
+    /// downstream's going away): Envoy's `upstream_rq_time`.
+    pub rq_time: LatencyHistogram,
     /// Requests in flight.
     pub active: AtomicU32,
     /// Retries in flight.

@@ -99,6 +99,32 @@ fn http1_h2c_and_grpc_through_two_sidecars() {
             &format!("cluster=\"{inbound}\",class=\"2xx\"")
         ) >= 3
     );
+    // Their times are in the cluster's histogram: every one under the
+    // top bound, `+Inf` equal to the count, the buckets cumulative.
+    let timed = format!("cluster=\"{inbound}\"");
+    // (Recorded as each response body is done, just after its last byte
+    // is written: wait out that instant.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let count = loop {
+        let c = server_side.stat("meshreg_proxy_upstream_rq_time_seconds_count", &timed);
+        if c >= 3 || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(count >= 3, "{count}");
+    let (_, text) = server_side.admin_get("/stats");
+    let buckets: Vec<u64> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("meshreg_proxy_upstream_rq_time_seconds_bucket") && l.contains(&timed)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 22, "{text}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets[20], count, "all under an hour: {buckets:?}");
+    assert_eq!(buckets[21], count, "+Inf: {buckets:?}");
 
     // h2c end to end.
     let r = rt

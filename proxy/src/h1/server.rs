@@ -390,7 +390,9 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Parsed, Bad> {
         .map(|_| head.slice(path[0]..path[1]))
         .and_then(|t| Uri::from_maybe_shared(t).ok())
         .ok_or(Bad(StatusCode::BAD_REQUEST, "invalid request target"))?;
-    let mut headers = HeaderMap::new();
+    // Room for the fields forwarding adds (`x-forwarded-for` and
+    // `x-forwarded-proto`), so adding them does not regrow the map.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     fields_from(&head, &at[..count], &mut headers)
         .ok_or(Bad(StatusCode::BAD_REQUEST, "invalid header field"))?;
     Ok(Parsed::Head(RequestHead {

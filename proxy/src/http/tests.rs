@@ -37,6 +37,23 @@ fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
 }
 
 #[test]
+fn every_connection_field_line_names_fields_to_strip() {
+    let mut h = map(&[
+        ("connection", "x-a"),
+        ("connection", "Close, X-B, keep-alive"),
+        ("x-a", "1"),
+        ("x-b", "1"),
+        ("content-type", "text/plain"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(names(&h), ["content-type"]);
+    // The usual response: only `connection: keep-alive` goes.
+    let mut h = map(&[("connection", "keep-alive"), ("content-length", "3")]);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(names(&h), ["content-length"]);
+}
+
+#[test]
 fn te_trailers_passes_and_a_clean_map_is_untouched() {
     let mut h = map(&[("te", "trailers"), ("content-type", "application/grpc")]);
     strip_hop_by_hop(&mut h);

@@ -316,3 +316,26 @@ fn weighted_round_robin_interleaves_instead_of_running() {
     let (a, b) = (m["10.0.0.1:80"] as f64, m["10.0.0.3:80"] as f64);
     assert!((3.0..8.0).contains(&(a / b)), "{m:?}");
 }
+
+#[test]
+fn latency_histogram_buckets_are_upper_bounds_and_cumulative() {
+    let h = LatencyHistogram::default();
+    for us in [0, 100, 101, 250, 900, 4_000_000_000] {
+        h.record(Duration::from_micros(us));
+    }
+    let s = h.snapshot();
+    // `le` is inclusive: 0 and 100 µs are in the first bucket, 101 in the
+    // second with 250; 900 µs under 1 ms; 4,000 s above every bound.
+    assert_eq!(&s.cumulative[..5], &[2, 4, 4, 5, 5]);
+    assert_eq!(s.cumulative[LATENCY_BOUNDS.len() - 1], 5);
+    assert_eq!(s.count, 6);
+    assert_eq!(s.sum_us, 100 + 101 + 250 + 900 + 4_000_000_000);
+    assert!(s.cumulative.windows(2).all(|w| w[0] <= w[1]));
+    // The bounds rise, and each `le` label says its bound in seconds.
+    for w in LATENCY_BOUNDS.windows(2) {
+        assert!(w[0].1 < w[1].1);
+    }
+    for (le, us) in LATENCY_BOUNDS {
+        assert_eq!(le.parse::<f64>().unwrap(), us as f64 / 1e6, "{le}");
+    }
+}
