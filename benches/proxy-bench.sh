@@ -18,7 +18,8 @@
 # from the VM during it.
 #
 # Needs: nginx (Debian), oha (cargo install oha); scripts/install-bench-deps.sh
-# installs both. Usage: [ROUNDS=3] [RATE=1000] [RATE_UPSTREAM_CORE=1] benches/proxy-bench.sh [duration_secs]
+# installs both. Usage: [ROUNDS=3] [RATE=1000] [RATE_UPSTREAM_CORE=1]
+#   [BASE_PROXY=path/to/older/meshreg-proxy] benches/proxy-bench.sh [duration_secs]
 # The constant-rate and saturation runs alternate the targets ROUNDS times
 # and report the medians: single runs on this 2-core machine vary by ~10 %.
 set -euo pipefail
@@ -75,6 +76,17 @@ MESHREG_PROXY_WORKERS=1 taskset -c 1 "$BIN/meshreg-proxy" --app bench --xds 127.
   2>"$WORK/proxy.log" & PPID_PROXY=$!; PIDS+=($PPID_PROXY)
 for _ in $(seq 100); do curl -sf localhost:$ADMIN/ready >/dev/null && break; sleep 0.1; done
 curl -sf -H 'Host: up' -d x localhost:$OUT/ | head -c 10 >/dev/null || { echo "proxy not routing"; cat "$WORK/proxy.log"; exit 1; }
+# BASE_PROXY=<an older meshreg-proxy binary>: an A/B of two builds. The old
+# one runs beside the new (its own ports, configured by the same meshreg)
+# and takes a turn in every saturation round.
+BASE_OUT=19001 BASE_ADMIN=19000
+if [ -n "${BASE_PROXY:-}" ]; then
+  MESHREG_PROXY_WORKERS=1 taskset -c 1 "$BASE_PROXY" --app bench-base --xds 127.0.0.1:$GRPC \
+    --bind-ip 127.0.0.1 --admin-port $BASE_ADMIN --outbound-port $BASE_OUT --inbound-port 19006 \
+    2>"$WORK/base.log" & BASE_PID=$!; PIDS+=($BASE_PID)
+  for _ in $(seq 100); do curl -sf localhost:$BASE_ADMIN/ready >/dev/null && break; sleep 0.1; done
+  curl -sf -H 'Host: up' -d x localhost:$BASE_OUT/ | head -c 10 >/dev/null || { echo "base proxy not routing"; cat "$WORK/base.log"; exit 1; }
+fi
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 steal_ticks() { awk '$1 == "cpu" {print $9}' /proc/stat; }
@@ -86,6 +98,7 @@ oha_run() { # label port host extra-args...
   local label=$1 port=$2 host=$3; shift 3
   local pid=$PPID_PROXY
   [ "$port" = "$NGX" ] && pid=$NGINX_WORKER
+  [ "$port" = "$BASE_OUT" ] && pid=$BASE_PID
   local t0 s0; t0=$(cpu_ticks "$pid"); s0=$(steal_ticks)
   taskset -c 0 oha -z "${DUR}s" -c "$CONNS" --no-tui --output-format json -m POST -D "$WORK/body" \
     -H "Host: $host" "$@" "http://127.0.0.1:$port/" > "$WORK/$label.json"
@@ -129,6 +142,7 @@ oha_run direct-max $UP up
 for r in $(seq "$ROUNDS"); do
   oha_run "meshreg-proxy-max#$r" $OUT up
   oha_run "nginx-max#$r" $NGX up
+  [ -n "${BASE_PROXY:-}" ] && oha_run "base-max#$r" $BASE_OUT up
 done
 python3 - "$WORK/results" <<'EOF'
 import statistics, sys
@@ -137,6 +151,11 @@ med = lambda label, i: statistics.median(float(r[i]) for r in rows if r[0] == la
 m, n = "meshreg-proxy-max", "nginx-max"
 print(f"median of rounds: rps {med(m, 1):.0f} vs {med(n, 1):.0f} ({med(m, 1) / med(n, 1):.2f}x); "
       f"rps per core {med(m, 2):.0f} vs {med(n, 2):.0f} ({med(m, 2) / med(n, 2):.2f}x nginx)")
+per = lambda label: [float(r[2]) for r in rows if r[0] == label]
+if per("base-max"):
+    ratios = [a / b for a, b in zip(per(m), per("base-max"))]
+    print(f"A/B: rps per core {med(m, 2):.0f} vs base {med('base-max', 2):.0f}; per round "
+          + " ".join(f"{x:.3f}" for x in ratios) + f", median {statistics.median(ratios):.3f}x base")
 EOF
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
