@@ -337,6 +337,17 @@ async fn stats(State(p): State<Arc<Proxy>>) -> Response {
     }
     let mut names: Vec<&String> = rt.clusters.keys().collect();
     names.sort();
+    let _ = writeln!(out, "# TYPE meshreg_proxy_downstream_rq_total counter");
+    for (n, s) in &ls {
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "meshreg_proxy_downstream_rq_total{{listener=\"{}\",class=\"{class}\"}} {}",
+                esc(n),
+                s.rq_by_class[i + 1].load(Relaxed)
+            );
+        }
+    }
     let _ = writeln!(out, "# TYPE meshreg_proxy_upstream_rq_total counter");
     for n in &names {
         let s = &rt.clusters[*n].stats;

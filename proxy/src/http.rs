@@ -334,11 +334,13 @@ pub enum Inbound {
 }
 
 /// Handles one downstream request from `peer` on an HTTP listener whose
-/// routes are the route table `route_name`.
+/// routes are the route table `route_name`, counting its response in
+/// `stats`.
 pub async fn handle(
     proxy: &crate::Proxy,
     route_name: &str,
     peer: &Peer,
+    stats: &crate::listener::ListenerStats,
     req: Request<Inbound>,
 ) -> Response<RespBody> {
     let access_log = proxy.bootstrap.access_log;
@@ -363,6 +365,7 @@ pub async fn handle(
     // inline it would make every downstream connection's task that large
     // for its whole life, idle or not.
     let mut resp = Box::pin(forward(proxy, route_name, peer, req, &mut out)).await;
+    stats.rq_by_class[usize::from((resp.status().as_u16() / 100).min(5))].fetch_add(1, Relaxed);
     if proxy.is_draining() && resp.version() != Version::HTTP_2 {
         // Draining: ask HTTP/1.1 clients to reconnect (to the new binary).
         resp.headers_mut()

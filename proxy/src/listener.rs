@@ -64,6 +64,10 @@ pub struct ListenerStats {
     /// from TCP within the listener's detection timeout (with
     /// `continue_on_listener_filters_timeout` false).
     pub cx_detect_timeout: AtomicU64,
+    /// HTTP requests answered, by the response's class: 1xx…5xx at index
+    /// 1…5 (0 unused). Local replies (no route, no healthy upstream,
+    /// circuit breaker, timeout) count too: Envoy's `downstream_rq_<N>xx`.
+    pub rq_by_class: [AtomicU64; 6],
 }
 
 struct Running {
@@ -313,7 +317,7 @@ async fn handle_conn(
     remote: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
-    stats: &ListenerStats,
+    stats: &Arc<ListenerStats>,
     drain: watch::Receiver<Drain>,
 ) {
     let is_http = match (&cfg.http, &cfg.tcp_cluster) {
@@ -339,16 +343,19 @@ async fn handle_conn(
         // keeps the listener's drain waiting for it); HTTP/2 and the
         // requests it does not serve continue under hyper's server.
         let handler = |req: Request<Bytes>| {
-            crate::http::handle(&proxy, &route, &peer, req.map(Inbound::Buffered))
+            crate::http::handle(&proxy, &route, &peer, stats, req.map(Inbound::Buffered))
         };
         let Some(handover) = h1::server::serve(stream, handler, &drain).await else {
             return;
         };
+        let stats = Arc::clone(stats);
         let svc = service_fn(move |req: Request<Incoming>| {
             let (proxy, route, peer) = (Arc::clone(&proxy), Arc::clone(&route), peer.clone());
+            let stats = Arc::clone(&stats);
             async move {
                 let resp =
-                    crate::http::handle(&proxy, &route, &peer, req.map(Inbound::Stream)).await;
+                    crate::http::handle(&proxy, &route, &peer, &stats, req.map(Inbound::Stream))
+                        .await;
                 Ok::<_, Infallible>(resp)
             }
         });

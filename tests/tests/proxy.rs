@@ -528,6 +528,20 @@ fn bad_requests_and_bad_upstreams_get_the_right_status_and_never_crash_the_proxy
     assert_eq!(client.admin_get("/ready").0, 200);
     let r = rt.block_on(c.get(port, "good", "/after")).unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "good /after"));
+
+    // Every answer counts in its listener's `downstream_rq_total` by
+    // class, local replies (UR, UT) included; counted before it is sent.
+    let count = |class: &str| {
+        client.stat(
+            "meshreg_proxy_downstream_rq_total",
+            &format!("class=\"{class}\""),
+        )
+    };
+    assert!(count("5xx") >= 4, "{}", client.admin_get("/stats").1);
+    let ok = count("2xx");
+    let r = rt.block_on(c.get(port, "good", "/counted")).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(count("2xx"), ok + 1);
 }
 
 fn wait_routable_status(
