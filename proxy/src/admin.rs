@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::ads::Kind;
 use crate::config::{Action, LbPolicy};
 use crate::runtime::LATENCY_BOUNDS;
-use crate::Proxy;
+use crate::{Proxy, STATUS_CLASSES};
 
 /// Binds the admin port.
 ///
@@ -339,27 +339,25 @@ async fn stats(State(p): State<Arc<Proxy>>) -> Response {
     names.sort();
     let _ = writeln!(out, "# TYPE meshreg_proxy_downstream_rq_total counter");
     for (n, s) in &ls {
-        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        // Index 0 (a local failure) is unused: every request is answered.
+        for (class, c) in STATUS_CLASSES.iter().zip(&s.rq_by_class).skip(1) {
             let _ = writeln!(
                 out,
                 "meshreg_proxy_downstream_rq_total{{listener=\"{}\",class=\"{class}\"}} {}",
                 esc(n),
-                s.rq_by_class[i + 1].load(Relaxed)
+                c.load(Relaxed)
             );
         }
     }
     let _ = writeln!(out, "# TYPE meshreg_proxy_upstream_rq_total counter");
     for n in &names {
         let s = &rt.clusters[*n].stats;
-        for (i, class) in ["local_failure", "1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .enumerate()
-        {
+        for (class, c) in STATUS_CLASSES.iter().zip(&s.by_class) {
             let _ = writeln!(
                 out,
                 "meshreg_proxy_upstream_rq_total{{cluster=\"{}\",class=\"{class}\"}} {}",
                 esc(n),
-                s.by_class[i].load(Relaxed)
+                c.load(Relaxed)
             );
         }
     }

@@ -365,7 +365,7 @@ pub async fn handle(
     // inline it would make every downstream connection's task that large
     // for its whole life, idle or not.
     let mut resp = Box::pin(forward(proxy, route_name, peer, req, &mut out)).await;
-    stats.rq_by_class[usize::from((resp.status().as_u16() / 100).min(5))].fetch_add(1, Relaxed);
+    stats.rq_by_class[crate::status_class(resp.status().as_u16())].fetch_add(1, Relaxed);
     if proxy.is_draining() && resp.version() != Version::HTTP_2 {
         // Draining: ask HTTP/1.1 clients to reconnect (to the new binary).
         resp.headers_mut()
@@ -655,10 +655,7 @@ async fn forward(
                 }
             }
         };
-        let result = match try_deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), call).await.ok(),
-            None => Some(call.await),
-        };
+        let result = crate::until(try_deadline, call).await;
         // Evaluated only for a retriable outcome (it reads the clock).
         let retries_left = || {
             !last_try
@@ -669,7 +666,7 @@ async fn forward(
         match result {
             Some(Ok(mut resp)) => {
                 let status = resp.status().as_u16();
-                cluster.stats.by_class[usize::from((status / 100).min(5))].fetch_add(1, Relaxed);
+                cluster.stats.by_class[crate::status_class(status)].fetch_add(1, Relaxed);
                 if status >= 500 {
                     ep.stats.errors.fetch_add(1, Relaxed);
                     cluster.record(&ep, Outcome::Status(status));

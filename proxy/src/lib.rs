@@ -255,10 +255,28 @@ pub(crate) async fn within<F: std::future::Future>(
     limit: Option<Duration>,
     f: F,
 ) -> Option<F::Output> {
-    match limit {
-        Some(t) => tokio::time::timeout(t, f).await.ok(),
+    until(limit.map(|t| std::time::Instant::now() + t), f).await
+}
+
+/// `f`'s output, or `None` when `deadline` (if any) passes first.
+pub(crate) async fn until<F: std::future::Future>(
+    deadline: Option<std::time::Instant>,
+    f: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), f).await.ok(),
         None => Some(f.await),
     }
+}
+
+/// Response classes as the request counters index them: a local failure
+/// (no response) at 0, then `1xx`…`5xx` ([`status_class`]).
+pub(crate) const STATUS_CLASSES: [&str; 6] = ["local_failure", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of `status`'s class in [`STATUS_CLASSES`] (1 for 1xx … 5 for
+/// 5xx and above).
+pub(crate) fn status_class(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5))
 }
 
 /// How far a listener's drain has gone, as its connections see it.
