@@ -76,7 +76,9 @@
 //! and the body writer both directions share; `pool` the [`Endpoint`], its
 //! idle connections and the connection type both directions use; `encode`
 //! heads and body framing; `decode` the response head, framing and body
-//! decoders; `body` the [`ResponseBody`]; [`server`] the downstream side.
+//! decoders; `head` the [`UpstreamHead`] (the response's field lines kept
+//! as offsets into the bytes read, classified once); `body` the
+//! [`ResponseBody`]; [`server`] the downstream side.
 
 use std::error::Error as StdError;
 use std::future::poll_fn;
@@ -157,9 +159,6 @@ pub enum Error {
     /// The status code is outside 100–999.
     #[error("invalid response status code {0}")]
     InvalidStatus(u16),
-    /// A response header field's name or value is not valid.
-    #[error("invalid response header field")]
-    InvalidHeader,
     /// The upstream switched protocols (101, or 2xx to CONNECT): upgrades
     /// are not supported.
     #[error("the upstream switched protocols (upgrades are not supported)")]
@@ -209,12 +208,14 @@ impl Error {
 mod body;
 mod decode;
 mod encode;
+mod head;
 mod pool;
 pub mod server;
 
 pub use body::ResponseBody;
 use decode::*;
 use encode::*;
+pub use head::UpstreamHead;
 pub use pool::Endpoint;
 use pool::*;
 
@@ -257,9 +258,11 @@ pub enum RequestBody<B = Incoming> {
 /// within `connect_timeout`) and reads the response head; the body is
 /// read as the returned response's body is polled.
 ///
-/// The response has version HTTP/1.1 and the upstream's fields as they
-/// came, `connection` and `transfer-encoding` included (hop-by-hop
-/// stripping is the caller's).
+/// The response has version HTTP/1.1 and an empty `HeaderMap`: the
+/// upstream's fields stay in its body ([`ResponseBody::take_head`], an
+/// [`UpstreamHead`], which leaves out hop-by-hop fields and the
+/// `content-length` of a response with a body);
+/// [`ResponseBody::head_into`] moves them into the map.
 ///
 /// # Errors
 /// [`Error::is_connect`] ones when no connection could be made; otherwise
@@ -307,11 +310,10 @@ where
     };
     let (framing, reusable) = response_framing(head, &mut resp)?;
     let reusable = reusable && !head.wants_close();
-    let body = ResponseBody::new(conn, ep, framing, reusable);
+    let body = ResponseBody::new(conn, ep, framing, reusable, resp.head);
     let mut r = Response::new(body);
     *r.status_mut() = resp.status;
     *r.version_mut() = Version::HTTP_11;
-    *r.headers_mut() = resp.headers;
     Ok(r)
 }
 

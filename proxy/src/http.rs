@@ -171,6 +171,15 @@ impl Body for RespBody {
     }
 }
 
+impl h1::server::UpstreamFields for RespBody {
+    fn take_upstream_head(&mut self) -> Option<h1::UpstreamHead> {
+        match self {
+            RespBody::H1(b, _) => b.take_head(),
+            RespBody::Upstream(..) | RespBody::Local(_) => None,
+        }
+    }
+}
+
 /// An upstream response body, by protocol.
 #[derive(Debug)]
 enum UpBody {
@@ -214,7 +223,7 @@ pub fn local_reply(status: StatusCode, flags: &'static str, msg: &str) -> Respon
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded.
-static HOP_BY_HOP: [HeaderName; 6] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -247,16 +256,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("te")
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|n| t.eq_ignore_ascii_case(n.as_str()))
-            })
+            .flat_map(connection_names)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {
@@ -275,6 +275,21 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     {
         h.remove(header::TE);
     }
+}
+
+/// The field names a `connection` field value lists beyond the fixed
+/// hop-by-hop ones (RFC 9110 §7.6.1): its options other than `close`,
+/// `te` and the names in [`HOP_BY_HOP`] (`keep-alive` among them), which
+/// name nothing more to remove.
+pub(crate) fn connection_names(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|t| {
+        !t.is_empty()
+            && !t.eq_ignore_ascii_case("close")
+            && !t.eq_ignore_ascii_case("te")
+            && !HOP_BY_HOP
+                .iter()
+                .any(|n| t.eq_ignore_ascii_case(n.as_str()))
+    })
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -478,6 +493,9 @@ async fn forward(
         .map(|v| hash64(v.as_bytes()));
 
     let (mut parts, body) = req.into_parts();
+    // A request read by `h1::server` gets its response written by it, from
+    // an HTTP/1.1 upstream's own bytes; hyper's server needs the map.
+    let own_server = matches!(body, Inbound::Buffered(_));
     let pq = parts
         .uri
         .path_and_query()
@@ -664,7 +682,7 @@ async fn forward(
                 && cluster.stats.active_retries.load(Relaxed) < cluster.cfg.limits.max_retries
         };
         match result {
-            Some(Ok(mut resp)) => {
+            Some(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 cluster.stats.by_class[crate::status_class(status)].fetch_add(1, Relaxed);
                 if status >= 500 {
@@ -686,12 +704,21 @@ async fn forward(
                     tokio::time::sleep(retry_backoff(attempt - 1)).await;
                     continue;
                 }
-                strip_hop_by_hop(resp.headers_mut());
                 guard.timed = true;
-                let (p, b) = resp.into_parts();
+                let (mut p, b) = resp.into_parts();
                 let b = match b {
-                    UpBody::H2(b) => RespBody::Upstream(b, guard),
-                    UpBody::H1(b) => RespBody::H1(b, guard),
+                    UpBody::H2(b) => {
+                        strip_hop_by_hop(&mut p.headers);
+                        RespBody::Upstream(b, guard)
+                    }
+                    // Its fields are in the body, hop-by-hop ones already
+                    // left out (`h1::UpstreamHead`).
+                    UpBody::H1(mut b) => {
+                        if !own_server {
+                            b.head_into(&mut p.headers);
+                        }
+                        RespBody::H1(b, guard)
+                    }
                 };
                 return Response::from_parts(p, b);
             }

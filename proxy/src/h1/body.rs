@@ -9,9 +9,16 @@ use super::*;
 /// body ends cleanly and the connection is reusable, the connection goes
 /// back to its endpoint's pool; dropped earlier, the connection closes.
 /// Errors are [`Error`]s (a truncated or malformed body, a reset).
+///
+/// It also carries the response's header fields as the upstream sent
+/// them ([`ResponseBody::take_head`]): [`send`] leaves the response's
+/// `HeaderMap` empty, so that a response passed on to an HTTP/1.1 client
+/// is written from the upstream's bytes ([`super::server`]) and a map is
+/// built only for a downstream that needs one ([`ResponseBody::head_into`]).
 #[derive(Debug)]
 pub struct ResponseBody {
     pub(super) state: BodyState,
+    head: Option<UpstreamHead>,
 }
 
 #[derive(Debug)]
@@ -55,12 +62,15 @@ impl ResponseBody {
         ep: &Arc<Endpoint>,
         framing: Framing,
         reusable: bool,
+        head: UpstreamHead,
     ) -> Self {
+        let head = Some(head);
         let decoder = match framing {
             Framing::Empty => {
                 release(ep, conn, reusable);
                 return ResponseBody {
                     state: BodyState::Done,
+                    head,
                 };
             }
             Framing::Length(n) if n <= conn.rbuf.len() as u64 => {
@@ -69,6 +79,7 @@ impl ResponseBody {
                 release(ep, conn, reusable);
                 return ResponseBody {
                     state: BodyState::Full(body),
+                    head,
                 };
             }
             Framing::Length(n) => Decoder::Length(n),
@@ -82,6 +93,21 @@ impl ResponseBody {
                 decoder,
                 reusable,
             })),
+            head,
+        }
+    }
+
+    /// The upstream's header fields, once: `None` after the first call.
+    pub fn take_head(&mut self) -> Option<UpstreamHead> {
+        self.head.take()
+    }
+
+    /// Moves the upstream's fields passed on ([`UpstreamHead`]) into
+    /// `map`, for a downstream that writes a map (hyper's server);
+    /// nothing when they were taken already.
+    pub fn head_into(&mut self, map: &mut HeaderMap) {
+        if let Some(head) = self.head.take() {
+            head.append_to(map);
         }
     }
 

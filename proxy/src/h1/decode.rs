@@ -8,7 +8,8 @@ pub(super) struct ParsedHead {
     pub(super) status: StatusCode,
     /// HTTP/1.1 (else HTTP/1.0).
     pub(super) http11: bool,
-    pub(super) headers: HeaderMap,
+    /// The fields, as received.
+    pub(super) head: UpstreamHead,
 }
 
 /// Reads until a final (non-1xx) response head is parsed; interim 1xx
@@ -40,13 +41,11 @@ pub(super) async fn read_head(conn: &mut Conn, started: &mut bool) -> Result<Par
 }
 
 /// Parses a response head at the start of `buf` (RFC 9112 §4, §5) and
-/// consumes it; `Ok(None)` when it is not complete yet. Field values share
-/// the buffer's memory (no copy). A 1xx head is returned without fields.
+/// consumes it; `Ok(None)` when it is not complete yet. The fields stay
+/// in the head's bytes ([`UpstreamHead`]; no copy, no map). A 1xx head is
+/// returned without fields.
 pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Error> {
-    // Offsets (name start, name end, value start, value end) of each field
-    // in `buf`, so that the fields can be taken from the frozen head.
-    let mut at = [[0usize; 4]; MAX_HEADERS];
-    let (len, code, http11, count) = {
+    let (len, code, http11, fields) = {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut slots);
         match resp.parse(buf) {
@@ -54,13 +53,14 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Error
                 if len > MAX_HEAD {
                     return Err(Error::HeadTooLarge);
                 }
-                field_offsets(buf, resp.headers, &mut at);
-                (
-                    len,
-                    resp.code.unwrap_or(0),
-                    resp.version == Some(1),
-                    resp.headers.len(),
-                )
+                let code = resp.code.unwrap_or(0);
+                // A 1xx head's fields are not kept (it is skipped).
+                let fields = if (100..200).contains(&code) {
+                    Vec::new()
+                } else {
+                    head::offsets(buf, resp.headers)
+                };
+                (len, code, resp.version == Some(1), fields)
             }
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(Error::HeadTooLarge)
@@ -69,21 +69,12 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Error
             Err(e) => return Err(Error::Parse(e)),
         }
     };
-    let head = buf.split_to(len).freeze();
+    let bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| Error::InvalidStatus(code))?;
-    let mut headers = HeaderMap::new();
-    if status.is_informational() {
-        return Ok(Some(ParsedHead {
-            status,
-            http11,
-            headers,
-        }));
-    }
-    fields_from(&head, &at[..count], &mut headers).ok_or(Error::InvalidHeader)?;
     Ok(Some(ParsedHead {
         status,
         http11,
-        headers,
+        head: UpstreamHead::new(bytes, fields),
     }))
 }
 
@@ -136,8 +127,9 @@ pub(super) enum Framing {
 }
 
 /// The response's body framing (RFC 9112 §6.3) and whether its
-/// connection may be reused, normalising `content-length` (one value;
-/// removed when `transfer-encoding` is there too).
+/// connection may be reused. Its `content-length`, checked here, is not
+/// passed on unless the response is bodiless ([`UpstreamHead`]): the
+/// downstream side frames the body by its size.
 ///
 /// # Errors
 /// [`Error::Upgrade`] for a 2xx to CONNECT; [`Error::InvalidContentLength`].
@@ -145,42 +137,30 @@ pub(super) fn response_framing(
     req: &RequestHead<'_>,
     resp: &mut ParsedHead,
 ) -> Result<(Framing, bool), Error> {
-    let h = &mut resp.headers;
-    let mut reusable = resp.http11 && !has_close(h);
+    let h = &mut resp.head;
+    let mut reusable = resp.http11 && !h.close;
     let status = resp.status;
     if *req.method == Method::CONNECT && status.is_success() {
         return Err(Error::Upgrade);
     }
     if bodiless(*req.method == Method::HEAD, status) {
+        h.bodiless = true;
         return Ok((Framing::Empty, reusable));
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        if h.remove(header::CONTENT_LENGTH).is_some() {
+    if h.has_transfer_encoding() {
+        if h.has_content_length() {
             // Rule 3: possibly a smuggling attempt; never reuse.
             reusable = false;
         }
-        let chunked = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
+        return Ok(if h.is_chunked() {
             (Framing::Chunked, reusable)
         } else {
             (Framing::Close, false)
         });
     }
-    let Some(len) = content_length(h)? else {
+    let Some(len) = h.content_length()? else {
         return Ok((Framing::Close, false));
     };
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1
-        || h.get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes().contains(&b','))
-    {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
     Ok((
         if len == 0 {
             Framing::Empty
@@ -200,18 +180,9 @@ pub(super) fn bodiless(head_request: bool, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
-/// The `content-length` value: every field line and list member must be
-/// the same decimal number (RFC 9110 §8.6, RFC 9112 §6.3 rule 5).
-pub(super) fn content_length(h: &HeaderMap) -> Result<Option<u64>, Error> {
-    parse_content_length(
-        h.get_all(header::CONTENT_LENGTH)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    )
-}
-
-/// [`content_length`] over the raw values of the `content-length` field
-/// lines.
+/// The `content-length` value from the raw values of its field lines:
+/// every field line and list member must be the same decimal number
+/// (RFC 9110 §8.6, RFC 9112 §6.3 rule 5).
 pub(super) fn parse_content_length<'a>(
     values: impl Iterator<Item = &'a [u8]>,
 ) -> Result<Option<u64>, Error> {

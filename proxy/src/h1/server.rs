@@ -63,6 +63,21 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// and a small body.
 const WRITE_RESERVE: usize = 4 * 1024;
 
+/// A response body that may carry an upstream's HTTP/1.1 head: its fields
+/// are then written from the upstream's bytes ([`UpstreamHead::encode`]),
+/// before the response's own `HeaderMap` (the fields the proxy adds).
+pub trait UpstreamFields {
+    /// The upstream's fields to pass on, once (`None` for a response that
+    /// did not come from an HTTP/1.1 upstream).
+    fn take_upstream_head(&mut self) -> Option<UpstreamHead>;
+}
+
+impl UpstreamFields for ResponseBody {
+    fn take_upstream_head(&mut self) -> Option<UpstreamHead> {
+        self.take_head()
+    }
+}
+
 /// A connection to continue under hyper's server: the socket and the bytes
 /// already read from it (to be read again first).
 #[derive(Debug)]
@@ -220,7 +235,7 @@ pub async fn serve<F, Fut, B>(
 where
     F: FnMut(Request<Bytes>) -> Fut,
     Fut: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + UpstreamFields + Unpin,
     B::Error: Into<BoxError>,
 {
     let mut conn = Conn {
@@ -415,10 +430,11 @@ async fn write_response<B>(
     mut close: bool,
 ) -> bool
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + UpstreamFields + Unpin,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let upstream = body.take_upstream_head();
     let status = parts.status;
     let framing = if bodiless(is_head, status) {
         Framing::Empty
@@ -437,6 +453,7 @@ where
     encode_response_head(
         &mut conn.wbuf,
         status,
+        upstream.as_ref(),
         &parts.headers,
         framing,
         close,
@@ -449,14 +466,17 @@ where
     written.is_ok() && !close
 }
 
-/// Encodes a response's status line and fields (RFC 9112 §4, §5). With a
-/// body (`framing` not `Empty`), `content-length` and `transfer-encoding`
-/// are replaced by `framing`'s field; `close` adds `connection: close`
-/// (unless the fields have a `connection`), keep-alive with an HTTP/1.0
-/// client `connection: keep-alive`.
+/// Encodes a response's status line and fields (RFC 9112 §4, §5): the
+/// upstream's (`upstream`, as [`UpstreamHead`] passes them on), then
+/// `headers`. With a body (`framing` not `Empty`), `content-length` and
+/// `transfer-encoding` in `headers` are replaced by `framing`'s field;
+/// `close` adds `connection: close` (unless `headers` has a
+/// `connection`), keep-alive with an HTTP/1.0 client `connection:
+/// keep-alive`.
 fn encode_response_head(
     buf: &mut Vec<u8>,
     status: StatusCode,
+    upstream: Option<&UpstreamHead>,
     headers: &HeaderMap,
     framing: Framing,
     close: bool,
@@ -468,6 +488,10 @@ fn encode_response_head(
     buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     buf.extend_from_slice(b"\r\n");
     let (mut date, mut connection) = (false, false);
+    if let Some(u) = upstream {
+        u.encode(buf);
+        date = u.has_date();
+    }
     for (name, value) in headers {
         if framing != Framing::Empty
             && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING)
@@ -523,6 +547,7 @@ async fn write_error(conn: &mut Conn, bad: &Bad) {
     encode_response_head(
         &mut conn.wbuf,
         bad.0,
+        None,
         &headers,
         Framing::Length(body.len() as u64),
         true,

@@ -15,6 +15,12 @@ use super::*;
 type Streamed =
     StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
+impl UpstreamFields for Either<Full<Bytes>, Streamed> {
+    fn take_upstream_head(&mut self) -> Option<UpstreamHead> {
+        None
+    }
+}
+
 /// The echo handler's answer: `<method> <target> <body>`; `x-stream: 1`
 /// streams it (no size), `x-status` sets the status, `x-close: 1` adds
 /// `connection: close`.
