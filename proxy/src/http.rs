@@ -23,7 +23,7 @@
 //! timeout.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -652,28 +652,32 @@ async fn forward(
             Some(pt) => Some(deadline.map_or(started + pt, |d| d.min(started + pt))),
             None => deadline,
         };
-        let call = async {
-            match prepared {
-                Prepared::H2(up_req) => client
-                    .request(up_req)
-                    .await
-                    .map(|r| r.map(UpBody::H2))
-                    .map_err(UpError::H2),
-                Prepared::H1(body) => {
-                    let head = h1::RequestHead {
-                        method: &parts.method,
-                        path_and_query: pq.as_str(),
-                        headers: &parts.headers,
-                        overrides: port_header.as_slice(),
-                    };
-                    h1::send(&ep.h1, connect_timeout, &head, body)
+        // Pinned where it is made: moved into `until` by value, the
+        // attempt (about 1.5 KB) would be copied, and stored, twice more.
+        let result = {
+            let call = pin!(async {
+                match prepared {
+                    Prepared::H2(up_req) => client
+                        .request(up_req)
                         .await
-                        .map(|r| r.map(UpBody::H1))
-                        .map_err(UpError::H1)
+                        .map(|r| r.map(UpBody::H2))
+                        .map_err(UpError::H2),
+                    Prepared::H1(body) => {
+                        let head = h1::RequestHead {
+                            method: &parts.method,
+                            path_and_query: pq.as_str(),
+                            headers: &parts.headers,
+                            overrides: port_header.as_slice(),
+                        };
+                        h1::send(&ep.h1, connect_timeout, &head, body)
+                            .await
+                            .map(|r| r.map(UpBody::H1))
+                            .map_err(UpError::H1)
+                    }
                 }
-            }
+            });
+            crate::until(try_deadline, call).await
         };
-        let result = crate::until(try_deadline, call).await;
         // Evaluated only for a retriable outcome (it reads the clock).
         let retries_left = || {
             !last_try
