@@ -654,13 +654,13 @@ impl Route {
         method: &http::Method,
         path_and_query: &str,
         authority: &str,
-        headers: &http::HeaderMap,
+        headers: &dyn crate::http::HeaderFields,
     ) -> bool {
-        let path = path_and_query.split('?').next().unwrap_or("");
+        let path = || path_and_query.split('?').next().unwrap_or("");
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path_and_query.starts_with(p.as_str()),
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Regex(re) => re.is_match(path),
+            PathMatch::Exact(p) => path() == p,
+            PathMatch::Regex(re) => re.is_match(path()),
         };
         path_ok
             && self.headers.iter().all(|h| {
@@ -669,7 +669,7 @@ impl Route {
                     ":authority" | "host" => Some(authority),
                     ":path" => Some(path_and_query),
                     ":scheme" => Some("http"),
-                    name => headers.get(name).and_then(|v| v.to_str().ok()),
+                    name => headers.value(name).and_then(crate::http::visible_ascii),
                 };
                 let hit = match (&h.value, value) {
                     (ValueMatch::Present(want), v) => v.is_some() == *want,

@@ -76,8 +76,9 @@
 //! and the body writer both directions share; `pool` the [`Endpoint`], its
 //! idle connections and the connection type both directions use; `encode`
 //! heads and body framing; `decode` the response head, framing and body
-//! decoders; `head` the [`UpstreamHead`] (the response's field lines kept
-//! as offsets into the bytes read, classified once); `body` the
+//! decoders; `head` the [`UpstreamHead`] and the [`RequestFields`] (a
+//! response's and a downstream request's field lines kept as offsets into
+//! the bytes read, classified once); `body` the
 //! [`ResponseBody`]; [`server`] the downstream side.
 
 use std::error::Error as StdError;
@@ -215,12 +216,12 @@ pub mod server;
 pub use body::ResponseBody;
 use decode::*;
 use encode::*;
-pub use head::UpstreamHead;
+pub use head::{RequestFields, UpstreamHead};
 pub use pool::Endpoint;
 use pool::*;
 
 /// The head of a request to send (borrowed: the caller keeps it for a
-/// retry). Hop-by-hop fields are the caller's business.
+/// retry).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
     /// Method.
@@ -229,19 +230,39 @@ pub struct RequestHead<'a> {
     pub path_and_query: &'a str,
     /// Header fields; `content-length` and `transfer-encoding` are
     /// replaced by the body's framing.
-    pub headers: &'a HeaderMap,
+    pub headers: Fields<'a>,
     /// Fields written after `headers`, replacing any of the same name
     /// there (e.g. `x-meshreg-port`).
     pub overrides: &'a [(HeaderName, HeaderValue)],
 }
 
+/// A request's header fields, as the caller holds them.
+#[derive(Debug, Clone, Copy)]
+pub enum Fields<'a> {
+    /// A map; hop-by-hop fields in it are the caller's business (they
+    /// are written).
+    Map(&'a HeaderMap),
+    /// As [`server`] read them: written as [`RequestFields`] forwards
+    /// them (hop-by-hop fields left out).
+    Received(&'a RequestFields),
+}
+
 impl RequestHead<'_> {
     /// Whether the request asks to close the connection after it.
     fn wants_close(&self) -> bool {
-        has_close(self.headers)
+        // A received `connection` is hop-by-hop: not forwarded.
+        matches!(self.headers, Fields::Map(h) if has_close(h))
             || self.overrides.iter().any(|(n, v)| {
                 n == header::CONNECTION && v.to_str().is_ok_and(|v| token_list_has(v, "close"))
             })
+    }
+
+    /// Whether the fields declare a `content-length`.
+    fn has_content_length(&self) -> bool {
+        match self.headers {
+            Fields::Map(h) => h.contains_key(header::CONTENT_LENGTH),
+            Fields::Received(f) => f.has_content_length(),
+        }
     }
 }
 
@@ -327,7 +348,7 @@ async fn exchange_replay(
     started: &mut bool,
 ) -> Result<ParsedHead, Error> {
     let framing = if body.is_empty()
-        && !head.headers.contains_key(header::CONTENT_LENGTH)
+        && !head.has_content_length()
         && matches!(
             *head.method,
             Method::GET
@@ -370,7 +391,14 @@ where
     };
     conn.wbuf.clear();
     encode_head(&mut conn.wbuf, head, authority, framing);
-    write_body(conn, framing, head.headers, body)
+    // Trailers are declared in a map's `trailer` field: a streamed body
+    // comes from hyper's server, whose requests carry a map.
+    let empty = HeaderMap::new();
+    let declared = match head.headers {
+        Fields::Map(h) => h,
+        Fields::Received(_) => &empty,
+    };
+    write_body(conn, framing, declared, body)
         .await
         .map_err(|e| match e {
             WriteError::Io(e) => Error::Write(e),

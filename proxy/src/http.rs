@@ -341,8 +341,9 @@ impl Peer {
 /// A downstream request's body, as the forwarding path takes it.
 #[derive(Debug)]
 pub enum Inbound {
-    /// Read whole (by [`h1::server`]); replayable.
-    Buffered(Bytes),
+    /// Read whole (by [`h1::server`]), with the header fields as they
+    /// came (the request's `HeaderMap` is empty); replayable.
+    Buffered(h1::server::Received),
     /// Streamed by hyper's server (HTTP/2, and the HTTP/1.1 requests that
     /// [`h1::server`] hands over).
     Stream(Incoming),
@@ -414,15 +415,17 @@ async fn forward(
     let Some(table) = rt.routes.get(route_name) else {
         return out.reply(StatusCode::NOT_FOUND, "NR", "no route configuration");
     };
+    // An HTTP/1.1 request read by `h1::server` keeps its fields as they
+    // came (no map) unless it goes to an HTTP/2 upstream.
+    let lookup: &dyn HeaderFields = match req.body() {
+        Inbound::Buffered(r) => &r.fields,
+        Inbound::Stream(_) => req.headers(),
+    };
     let authority: &str = req
         .uri()
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| lookup.value("host").and_then(visible_ascii))
         .unwrap_or_default();
     let Some(vh) = table.vhost(authority) else {
         return out.reply(
@@ -435,7 +438,7 @@ async fn forward(
     let Some(route) = vh
         .routes
         .iter()
-        .find(|r| r.matches(req.method(), pq_str, authority, req.headers()))
+        .find(|r| r.matches(req.method(), pq_str, authority, lookup))
     else {
         return out.reply(StatusCode::NOT_FOUND, "NR", "no route matched");
     };
@@ -489,8 +492,8 @@ async fn forward(
     let hash = f
         .hash_header
         .as_ref()
-        .and_then(|h| req.headers().get(h))
-        .map(|v| hash64(v.as_bytes()));
+        .and_then(|h| lookup.value(h.as_str()))
+        .map(hash64);
 
     let (mut parts, body) = req.into_parts();
     // A request read by `h1::server` gets its response written by it, from
@@ -501,31 +504,11 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    strip_hop_by_hop(&mut parts.headers);
-    for h in &route.remove_headers {
-        parts.headers.remove(h);
-    }
-    if let Some(host) = &f.host_rewrite {
-        parts.headers.insert(header::HOST, host.clone());
-    } else if !h2 && !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    if h2 && !downstream_h2 {
-        parts.headers.remove(header::HOST);
-    }
-    append_forwarded_for(&mut parts.headers, peer);
-
     // Body: replayable when read whole, empty, or small with a declared
     // length (then buffered here).
-    let (replay, mut once): (Option<Bytes>, Option<Incoming>) = match body {
-        Inbound::Buffered(b) => (Some(b), None),
-        Inbound::Stream(body) if body.is_end_stream() => (Some(Bytes::new()), None),
+    let (replay, mut once, mut received) = match body {
+        Inbound::Buffered(r) => (Some(r.body), None, Some(r.fields)),
+        Inbound::Stream(body) if body.is_end_stream() => (Some(Bytes::new()), None, None),
         Inbound::Stream(body)
             if f.retry.is_some()
                 && body
@@ -534,7 +517,7 @@ async fn forward(
                     .is_some_and(|n| n <= MAX_REPLAY_BODY) =>
         {
             match body.collect().await {
-                Ok(c) => (Some(c.to_bytes()), None),
+                Ok(c) => (Some(c.to_bytes()), None, None),
                 Err(e) => {
                     return out.reply(
                         StatusCode::BAD_REQUEST,
@@ -544,8 +527,38 @@ async fn forward(
                 }
             }
         }
-        Inbound::Stream(body) => (None, Some(body)),
+        Inbound::Stream(body) => (None, Some(body), None),
     };
+    if h2 {
+        // hyper's client takes a map.
+        if let Some(r) = received.take() {
+            parts.headers = r.to_map();
+        }
+    }
+    let fields: &mut dyn HeaderFields = match &mut received {
+        Some(r) => r,
+        None => &mut parts.headers,
+    };
+    fields.strip_hop_by_hop();
+    for h in &route.remove_headers {
+        fields.remove(h);
+    }
+    if let Some(host) = &f.host_rewrite {
+        fields.insert(header::HOST, host.clone());
+    } else if !h2 && fields.value("host").is_none() {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            fields.insert(header::HOST, v);
+        }
+    }
+    if h2 && !downstream_h2 {
+        fields.remove(&header::HOST);
+    }
+    append_forwarded_for(fields, peer);
+
     let idem = idempotent(&parts.method);
     let retry = f.retry.clone().unwrap_or_default();
     let max_attempts = 1 + if f.retry.is_some() {
@@ -666,7 +679,10 @@ async fn forward(
                         let head = h1::RequestHead {
                             method: &parts.method,
                             path_and_query: pq.as_str(),
-                            headers: &parts.headers,
+                            headers: match &received {
+                                Some(r) => h1::Fields::Received(r),
+                                None => h1::Fields::Map(&parts.headers),
+                            },
                             overrides: port_header.as_slice(),
                         };
                         h1::send(&ep.h1, connect_timeout, &head, body)
@@ -803,28 +819,103 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// Appends the peer's IP to `x-forwarded-for` (several field lines are
 /// joined first, RFC 9110 §5.3) and sets `x-forwarded-proto: http` unless
 /// present.
-fn append_forwarded_for(h: &mut HeaderMap, peer: &Peer) {
-    match h.entry(X_FORWARDED_FOR) {
-        header::Entry::Occupied(mut e) => {
-            let mut v = Vec::with_capacity(64);
-            for prev in e.iter().map(HeaderValue::as_bytes) {
-                if !prev.is_empty() {
-                    v.extend_from_slice(prev);
-                    v.extend_from_slice(b", ");
-                }
+fn append_forwarded_for(h: &mut dyn HeaderFields, peer: &Peer) {
+    let value = match h.joined(&X_FORWARDED_FOR) {
+        Some(mut v) => {
+            if !v.is_empty() {
+                v.extend_from_slice(b", ");
             }
             v.extend_from_slice(peer.ip.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&v) {
-                e.insert(v);
+            HeaderValue::from_bytes(&v).ok()
+        }
+        None => Some(peer.ip.clone()),
+    };
+    if let Some(v) = value {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    if h.value(X_FORWARDED_PROTO.as_str()).is_none() {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}
+
+/// `v` as a string when it is visible ASCII, spaces and tabs (what
+/// `HeaderValue::to_str` accepts).
+pub(crate) fn visible_ascii(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
+
+/// A request's header fields as forwarding reads and edits them: an
+/// `http::HeaderMap` (the requests hyper's server reads, and every request
+/// sent through hyper's client), or the fields an HTTP/1.1 request came
+/// with ([`h1::RequestFields`]), which are written on without a map.
+pub trait HeaderFields {
+    /// The first value of the field `name` (lowercase).
+    fn value(&self, name: &str) -> Option<&[u8]>;
+    /// The non-empty values of `name` joined by `, ` (RFC 9110 §5.3);
+    /// `None` when there is no such field.
+    fn joined(&self, name: &HeaderName) -> Option<Vec<u8>>;
+    /// Removes every field named `name`.
+    fn remove(&mut self, name: &HeaderName);
+    /// Sets `name` to `value`, replacing the fields of that name.
+    fn insert(&mut self, name: HeaderName, value: HeaderValue);
+    /// Removes the hop-by-hop fields (RFC 9110 §7.6.1).
+    fn strip_hop_by_hop(&mut self);
+}
+
+/// `values` joined as [`HeaderFields::joined`] does.
+fn join<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
+    for v in values {
+        let j = joined.get_or_insert_with(|| Vec::with_capacity(64));
+        if !v.is_empty() {
+            if !j.is_empty() {
+                j.extend_from_slice(b", ");
             }
-        }
-        header::Entry::Vacant(e) => {
-            e.insert(peer.ip.clone());
+            j.extend_from_slice(v);
         }
     }
-    if let header::Entry::Vacant(e) = h.entry(X_FORWARDED_PROTO) {
-        e.insert(HeaderValue::from_static("http"));
+    joined
+}
+
+impl HeaderFields for HeaderMap {
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
     }
+    fn joined(&self, name: &HeaderName) -> Option<Vec<u8>> {
+        join(self.get_all(name).iter().map(HeaderValue::as_bytes))
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        HeaderMap::remove(self, name);
+    }
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        HeaderMap::insert(self, name, value);
+    }
+    fn strip_hop_by_hop(&mut self) {
+        strip_hop_by_hop(self);
+    }
+}
+
+impl HeaderFields for h1::RequestFields {
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        self.get(name)
+    }
+    fn joined(&self, name: &HeaderName) -> Option<Vec<u8>> {
+        join(self.get_all(name.as_str()))
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        h1::RequestFields::remove(self, name.as_str());
+    }
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        h1::RequestFields::remove(self, name.as_str());
+        self.append(name, value);
+    }
+    /// Nothing to do: hop-by-hop fields are not forwarded
+    /// ([`h1::RequestFields`]).
+    fn strip_hop_by_hop(&mut self) {}
 }
 
 #[cfg(test)]

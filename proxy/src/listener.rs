@@ -342,7 +342,7 @@ async fn handle_conn(
         // HTTP/1.1 is served by `h1::server` (the `watcher` held meanwhile
         // keeps the listener's drain waiting for it); HTTP/2 and the
         // requests it does not serve continue under hyper's server.
-        let handler = |req: Request<Bytes>| {
+        let handler = |req: Request<h1::server::Received>| {
             crate::http::handle(&proxy, &route, &peer, stats, req.map(Inbound::Buffered))
         };
         let Some(handover) = h1::server::serve(stream, handler, &drain).await else {

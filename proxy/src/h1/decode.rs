@@ -78,40 +78,6 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Error
     }))
 }
 
-/// Records where each parsed field's name and value lie in `buf` (start
-/// and end offsets of each), so that the fields can be taken from the
-/// head once it is split off and frozen.
-pub(super) fn field_offsets(buf: &[u8], fields: &[httparse::Header<'_>], at: &mut [[usize; 4]]) {
-    let base = buf.as_ptr() as usize;
-    for (slot, h) in at.iter_mut().zip(fields) {
-        let ns = (h.name.as_ptr() as usize).wrapping_sub(base);
-        let vs = (h.value.as_ptr() as usize).wrapping_sub(base);
-        *slot = [
-            ns,
-            ns.wrapping_add(h.name.len()),
-            vs,
-            vs.wrapping_add(h.value.len()),
-        ];
-    }
-}
-
-/// Appends the fields at `at` (from [`field_offsets`]) in `head` to `map`,
-/// their values sharing the head's memory (no copy); `None` when a name
-/// or value is not valid.
-pub(super) fn fields_from(head: &Bytes, at: &[[usize; 4]], map: &mut HeaderMap) -> Option<()> {
-    map.reserve(at.len());
-    for [ns, ne, vs, ve] in at.iter().copied() {
-        // The offsets are within the head (httparse returns slices of its
-        // input); `get` keeps a surprise from becoming a panic.
-        let name = head.get(ns..ne)?;
-        head.get(vs..ve)?;
-        let name = HeaderName::from_bytes(name).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()?;
-        map.append(name, value);
-    }
-    Some(())
-}
-
 /// How a message body is delimited (RFC 9112 §6.3): as a response is
 /// read from an upstream, and as a message is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,17 +17,28 @@ pub(super) fn encode_head(
         buf.extend_from_slice(head.path_and_query.as_bytes());
     }
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut host = false;
-    for (name, value) in head.headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || head.overrides.iter().any(|(n, _)| n == name)
-        {
-            continue;
+    let overridden = |name: &[u8]| {
+        head.overrides
+            .iter()
+            .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+    };
+    let mut host = match head.headers {
+        Fields::Map(headers) => {
+            let mut host = false;
+            for (name, value) in headers {
+                if name == header::CONTENT_LENGTH
+                    || name == header::TRANSFER_ENCODING
+                    || overridden(name.as_str().as_bytes())
+                {
+                    continue;
+                }
+                host |= name == header::HOST;
+                push_field(buf, name, value);
+            }
+            host
         }
-        host |= name == header::HOST;
-        push_field(buf, name, value);
-    }
+        Fields::Received(fields) => fields.encode(buf, |name| !overridden(name)),
+    };
     for (name, value) in head.overrides {
         host |= name == header::HOST;
         push_field(buf, name, value);

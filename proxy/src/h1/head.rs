@@ -1,6 +1,8 @@
-//! An upstream's response head kept as it arrived, so that a proxied
-//! HTTP/1.1 response is written downstream from the upstream's bytes
-//! instead of through an `http::HeaderMap` built only to be iterated again.
+//! Message heads kept as they arrived: an upstream's response head
+//! ([`UpstreamHead`]) and a downstream's request fields
+//! ([`RequestFields`]), so that a proxied HTTP/1.1 message is written on
+//! from the bytes read instead of through an `http::HeaderMap` built only
+//! to be iterated again.
 
 use super::*;
 
@@ -188,6 +190,13 @@ impl UpstreamHead {
         self.masked(!skip)
     }
 
+    /// The fields named `name` (ASCII case-insensitive), a bit each.
+    fn named(&self, name: &[u8]) -> u128 {
+        (0..self.fields.len())
+            .filter(|&i| self.field(i).0.eq_ignore_ascii_case(name))
+            .fold(0, |m, i| m | 1 << i)
+    }
+
     /// Whether a `date` field is passed on.
     pub fn has_date(&self) -> bool {
         self.date
@@ -214,8 +223,13 @@ impl UpstreamHead {
         } else {
             self.hop | self.length
         };
+        self.append_masked(map, !skip);
+    }
+
+    /// Appends the fields whose bit is set in `mask` to `map`.
+    fn append_masked(&self, map: &mut HeaderMap, mask: u128) {
         map.reserve(self.fields.len());
-        for i in (0..self.fields.len()).filter(|i| skip & (1 << i) == 0) {
+        for i in (0..self.fields.len()).filter(|i| mask & (1 << i) != 0) {
             let [ns, ne, vs, ve] = self.fields[i].map(|x| x as usize);
             let Some(name) = self.bytes.get(ns..ne) else {
                 continue;
@@ -227,6 +241,133 @@ impl UpstreamHead {
                 map.append(name, value);
             }
         }
+    }
+}
+
+/// A downstream HTTP/1.1 request's header fields as [`server`] read
+/// them, edited by forwarding and written to an HTTP/1.1 upstream without
+/// an `http::HeaderMap`: the fields received (classified once as
+/// [`UpstreamHead`] classifies a response's), the ones removed, and the
+/// ones added after them.
+///
+/// What is **looked up** ([`RequestFields::get`], what route matching and
+/// hashing see) is every field received and not removed, hop-by-hop ones
+/// included, then the added ones: what the request's `HeaderMap` would
+/// hold. What is **forwarded** ([`RequestFields::encode`]) leaves out
+/// besides the hop-by-hop fields (RFC 9110 §7.6.1, with those that
+/// `connection` names) and `content-length`, which the body's framing
+/// replaces.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFields {
+    received: UpstreamHead,
+    /// Bit i: received field i is removed.
+    removed: u128,
+    /// Fields after the received ones, in order.
+    added: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl RequestFields {
+    /// The head `bytes` with fields at `fields` (from [`offsets`], at most
+    /// [`MAX_HEADERS`], within `bytes`).
+    pub(super) fn new(bytes: Bytes, fields: Vec<[u32; 4]>) -> RequestFields {
+        RequestFields {
+            received: UpstreamHead::new(bytes, fields),
+            removed: 0,
+            added: Vec::new(),
+        }
+    }
+
+    /// The fields of the request head `raw` (for tests elsewhere in the
+    /// crate); `None` unless it is one whole head.
+    #[cfg(test)]
+    pub(crate) fn parse(raw: &[u8]) -> Option<RequestFields> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut slots);
+        let Ok(httparse::Status::Complete(_)) = req.parse(raw) else {
+            return None;
+        };
+        let fields = offsets(raw, req.headers);
+        Some(RequestFields::new(Bytes::copy_from_slice(raw), fields))
+    }
+
+    /// The fields looked up (see the type's doc), in order, as name and
+    /// value bytes (received names in the client's case).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.received.masked(!self.removed).chain(
+            self.added
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        )
+    }
+
+    /// The values of the fields named `name` (ASCII case-insensitive), in
+    /// order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of the field `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Removes every field named `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.removed |= self.received.named(name.as_bytes());
+        self.added.retain(|(n, _)| n != name);
+    }
+
+    /// Adds a field after the others.
+    pub fn append(&mut self, name: HeaderName, value: HeaderValue) {
+        self.added.push((name, value));
+    }
+
+    /// Whether a `content-length` is declared (and not removed): an empty
+    /// body is then sent with `content-length: 0`.
+    pub(super) fn has_content_length(&self) -> bool {
+        self.received.length & !self.removed != 0
+            || self.added.iter().any(|(n, _)| n == header::CONTENT_LENGTH)
+    }
+
+    /// The fields looked up, as a `HeaderMap` (lowercased names, received
+    /// values sharing the head's memory): for an upstream reached through
+    /// hyper (HTTP/2). A field that does not convert (which httparse's
+    /// checks rule out) is left out.
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.received.fields.len() + self.added.len());
+        self.received.append_masked(&mut map, !self.removed);
+        for (n, v) in &self.added {
+            map.append(n.clone(), v.clone());
+        }
+        map
+    }
+
+    /// Appends the fields forwarded (see the type's doc) whose names
+    /// `keep` accepts to `buf`, `name: value` and CRLF each (RFC 9112
+    /// §5); whether a `host` was among them.
+    pub(super) fn encode(&self, buf: &mut Vec<u8>, keep: impl Fn(&[u8]) -> bool) -> bool {
+        let skip = self.removed | self.received.hop | self.received.length;
+        let mut host = false;
+        let added = self
+            .added
+            .iter()
+            .filter(|(n, _)| *n != header::CONTENT_LENGTH && !crate::http::HOP_BY_HOP.contains(n));
+        let added = added.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        for (name, value) in self.received.masked(!skip).chain(added) {
+            if !keep(name) {
+                continue;
+            }
+            host |= name.eq_ignore_ascii_case(b"host");
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value);
+            buf.extend_from_slice(b"\r\n");
+        }
+        host
     }
 }
 
@@ -303,5 +444,43 @@ mod tests {
             h.content_length(),
             Err(Error::InvalidContentLength)
         ));
+    }
+
+    #[test]
+    fn request_fields_look_up_all_and_forward_the_end_to_end_ones() {
+        let mut f = RequestFields::parse(
+            b"POST /x HTTP/1.1\r\nHost: up\r\nConnection: keep-alive, X-Secret\r\n\
+              X-Secret: 1\r\nTE: trailers\r\nte: gzip\r\nX-A: b\r\nContent-Length: 1\r\n\
+              Keep-Alive: 5\r\nx-a: c\r\nX-Gone: 1\r\n\r\n",
+        )
+        .unwrap();
+        // Lookups see what a map would hold, hop-by-hop fields included.
+        assert_eq!(f.get("x-secret"), Some(&b"1"[..]));
+        assert_eq!(f.get("HOST"), Some(&b"up"[..]));
+        let xa: Vec<_> = f.get_all("x-a").collect();
+        assert_eq!(xa, [&b"b"[..], b"c"]);
+        assert!(f.has_content_length());
+        f.remove("x-gone");
+        assert_eq!(f.get("x-gone"), None);
+        f.append(header::HOST, HeaderValue::from_static("other"));
+        f.remove("host");
+        f.append(header::HOST, HeaderValue::from_static("rewritten"));
+        f.append(header::CONNECTION, HeaderValue::from_static("close"));
+        // Forwarded: no hop-by-hop, no content-length, added ones last;
+        // `keep` leaves out the caller's overrides.
+        let mut buf = Vec::new();
+        let host = f.encode(&mut buf, |n| !n.eq_ignore_ascii_case(b"x-a"));
+        assert!(host);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "TE: trailers\r\nhost: rewritten\r\n"
+        );
+        let map = f.to_map();
+        assert_eq!(map.get_all("x-a").iter().count(), 2);
+        assert_eq!(map["host"], "rewritten");
+        assert_eq!(map["x-secret"], "1");
+        assert!(!map.contains_key("x-gone"));
+        f.remove("content-length");
+        assert!(!f.has_content_length());
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! One request at a time (RFC 9112 §9.3; bytes a client pipelines wait in
 //! the buffer until the response before them is written):
-//! 1. The request head is read and parsed (httparse); its fields become the
-//!    request's `HeaderMap` with values sharing the read buffer.
+//! 1. The request head is read and parsed (httparse); its fields stay in
+//!    the bytes read ([`RequestFields`]: offsets, no copy and no
+//!    `HeaderMap`), handed to the handler beside the body ([`Received`]).
 //! 2. The body is read whole: a request has none, or a `content-length` of
 //!    at most [`MAX_BODY`] bytes (so it is also replayable for retries).
 //! 3. The handler's response is written: status line, fields, and the body
@@ -36,7 +37,10 @@
 //!
 //! **Memory.** While a connection waits for its next request it holds no
 //! read or write buffer: both are released when the socket has nothing to
-//! read and allocated again when it has.
+//! read, to a per-thread list of at most 64 spare pairs that the next
+//! connection with bytes to read takes from (so at saturation, when every
+//! connection waits between requests, buffers change hands instead of
+//! being freed and allocated again), or allocated anew when it is empty.
 //!
 //! **Bad requests** get a response and the connection closes: `400` for a
 //! malformed head, an invalid field or `content-length`; `431` for a head
@@ -44,6 +48,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::pin::pin;
 use std::time::SystemTime;
 
 use http::{Request, Uri};
@@ -88,13 +93,24 @@ pub struct Handover {
     pub read: Bytes,
 }
 
+/// A request as [`serve`] hands it to its handler, as the `Request`'s
+/// body (the `Request`'s own `HeaderMap` is empty): the body read whole,
+/// and the header fields as they came.
+#[derive(Debug)]
+pub struct Received {
+    /// The body (`content-length` bytes, at most [`MAX_BODY`]).
+    pub body: Bytes,
+    /// The header fields.
+    pub fields: RequestFields,
+}
+
 /// A parsed request head, and what it says about its body and connection.
 #[derive(Debug)]
 struct RequestHead {
     method: Method,
     uri: Uri,
     http11: bool,
-    headers: HeaderMap,
+    fields: RequestFields,
     /// Body length (`content-length`, or 0).
     body: usize,
     /// The client asked to keep the connection.
@@ -131,12 +147,47 @@ enum Stop {
     Handover,
 }
 
+/// The listener's drain as a connection follows it: one future at a
+/// time, for the next level.
+struct DrainWatch {
+    rx: watch::Receiver<Drain>,
+    /// Resolves when the drain reaches the level after `state`.
+    next: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// How far the drain has gone, as `next` last told.
+    state: Drain,
+}
+
+impl DrainWatch {
+    fn new(rx: &watch::Receiver<Drain>) -> DrainWatch {
+        DrainWatch {
+            next: Box::pin(crate::drained(rx.clone(), Drain::Graceful)),
+            rx: rx.clone(),
+            state: Drain::Serving,
+        }
+    }
+
+    /// Resolves with the drain's next level (`Graceful`, then `Now`;
+    /// never after `Now`).
+    fn poll_level(&mut self, cx: &mut Context<'_>) -> Poll<Drain> {
+        if self.state == Drain::Now {
+            return Poll::Pending;
+        }
+        ready!(self.next.as_mut().poll(cx));
+        self.state = match self.state {
+            Drain::Serving => Drain::Graceful,
+            _ => Drain::Now,
+        };
+        if self.state == Drain::Graceful {
+            self.next = Box::pin(crate::drained(self.rx.clone(), Drain::Now));
+        }
+        Poll::Ready(self.state)
+    }
+}
+
 /// The futures a waiting connection also listens to.
 struct Waits {
-    /// Resolves when the listener starts draining.
-    graceful: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// Resolves when the listener's drain times out.
-    now: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The listener's drain.
+    drain: DrainWatch,
     /// The head timer; see the module doc.
     timer: Pin<Box<tokio::time::Sleep>>,
     /// Requests served so far, and when the timer was last armed.
@@ -162,6 +213,10 @@ impl Waits {
     /// idle wait (nothing buffered) only.
     async fn fill(&mut self, conn: &mut Conn) -> Filled {
         let idle = conn.rbuf.is_empty();
+        let drained = |level| level == Drain::Now || (idle && level >= Drain::Graceful);
+        if drained(self.drain.state) {
+            return Filled::Drained;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -171,8 +226,11 @@ impl Waits {
                         Ok(_) => Filled::More,
                     };
                 }
-                () = self.now.as_mut() => return Filled::Drained,
-                () = self.graceful.as_mut(), if idle => return Filled::Drained,
+                level = poll_fn(|cx| self.drain.poll_level(cx)) => {
+                    if drained(level) {
+                        return Filled::Drained;
+                    }
+                }
                 () = self.timer.as_mut() => {
                     if self.served == self.armed_at {
                         return Filled::TimedOut;
@@ -205,17 +263,45 @@ impl Waits {
     }
 }
 
+/// Most spare buffer pairs a thread keeps ([`SPARE`]).
+const SPARE_BUFFERS: usize = 64;
+
+thread_local! {
+    /// The read and write buffers of connections waiting for their next
+    /// request, taken by the next connection that has bytes to read: at
+    /// saturation every connection waits between requests, and handing
+    /// its buffers on saves an allocation and a free of each per
+    /// request. At most [`SPARE_BUFFERS`] pairs (the rest are freed), so
+    /// idle connections still hold no buffer.
+    static SPARE: RefCell<Vec<(BytesMut, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Conn {
     /// Reads what is available into `rbuf` ([`Conn::poll_read`]); with
     /// nothing buffered, first waits for the socket to be readable,
-    /// holding no buffer meanwhile.
+    /// holding no buffer meanwhile (its buffers go to [`SPARE`]).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.is_empty() && self.io.poll_read_ready(cx)?.is_pending() {
-            if self.rbuf.capacity() > 0 || self.wbuf.capacity() > 0 {
-                self.rbuf = BytesMut::new();
-                self.wbuf = Vec::new();
+        if self.rbuf.is_empty() {
+            if self.io.poll_read_ready(cx)?.is_pending() {
+                if self.rbuf.capacity() > 0 || self.wbuf.capacity() > 0 {
+                    let mut bufs = (
+                        std::mem::take(&mut self.rbuf),
+                        std::mem::take(&mut self.wbuf),
+                    );
+                    SPARE.with_borrow_mut(|spare| {
+                        if spare.len() < SPARE_BUFFERS {
+                            bufs.1.clear();
+                            spare.push(bufs);
+                        }
+                    });
+                }
+                return Poll::Pending;
             }
-            return Poll::Pending;
+            if self.rbuf.capacity() == 0 && self.wbuf.capacity() == 0 {
+                if let Some((r, w)) = SPARE.with_borrow_mut(Vec::pop) {
+                    (self.rbuf, self.wbuf) = (r, w);
+                }
+            }
         }
         self.poll_read(cx)
     }
@@ -233,7 +319,7 @@ pub async fn serve<F, Fut, B>(
     drain: &watch::Receiver<Drain>,
 ) -> Option<Handover>
 where
-    F: FnMut(Request<Bytes>) -> Fut,
+    F: FnMut(Request<Received>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + UpstreamFields + Unpin,
     B::Error: Into<BoxError>,
@@ -244,8 +330,7 @@ where
         wbuf: Vec::new(),
     };
     let mut waits = Waits {
-        graceful: Box::pin(crate::drained(drain.clone(), Drain::Graceful)),
-        now: Box::pin(crate::drained(drain.clone(), Drain::Now)),
+        drain: DrainWatch::new(drain),
         timer: Box::pin(tokio::time::sleep(HEAD_TIMEOUT)),
         served: 0,
         armed_at: 0,
@@ -269,7 +354,10 @@ where
         let body = conn.rbuf.split_to(head.body).freeze();
         let is_head = head.method == Method::HEAD;
         let (http11, keep_alive) = (head.http11, head.keep_alive);
-        let mut req = Request::new(body);
+        let mut req = Request::new(Received {
+            body,
+            fields: head.fields,
+        });
         *req.method_mut() = head.method;
         *req.uri_mut() = head.uri;
         *req.version_mut() = if http11 {
@@ -277,16 +365,22 @@ where
         } else {
             Version::HTTP_10
         };
-        *req.headers_mut() = head.headers;
         let exchange = async {
             let resp = handler(req).await;
             let close = !keep_alive || *drain.borrow() >= Drain::Graceful;
             write_response(&mut conn, resp, is_head, http11, close).await
         };
-        let keep = tokio::select! {
-            biased;
-            k = exchange => k,
-            () = waits.now.as_mut() => false,
+        let mut exchange = pin!(exchange);
+        let keep = loop {
+            tokio::select! {
+                biased;
+                k = &mut exchange => break k,
+                level = poll_fn(|cx| waits.drain.poll_level(cx)) => {
+                    if level == Drain::Now {
+                        break false;
+                    }
+                }
+            }
         };
         if !keep {
             return None;
@@ -330,8 +424,7 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Parsed, Bad> {
             });
         }
     }
-    let mut at = [[0usize; 4]; MAX_HEADERS];
-    let (len, count, path, method, http11, body, keep_alive) = {
+    let (len, fields, path, method, http11, body, keep_alive) = {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut slots);
         let len = match req.parse(buf) {
@@ -387,17 +480,9 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Parsed, Bad> {
         if body > MAX_BODY {
             return Ok(Parsed::Handover);
         }
-        field_offsets(buf, req.headers, &mut at);
+        let fields = head::offsets(buf, req.headers);
         let keep_alive = !close && (http11 || keep);
-        (
-            len,
-            req.headers.len(),
-            path,
-            method,
-            http11,
-            body,
-            keep_alive,
-        )
+        (len, fields, path, method, http11, body, keep_alive)
     };
     let head = buf.split_to(len).freeze();
     let uri = head
@@ -405,16 +490,11 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Parsed, Bad> {
         .map(|_| head.slice(path[0]..path[1]))
         .and_then(|t| Uri::from_maybe_shared(t).ok())
         .ok_or(Bad(StatusCode::BAD_REQUEST, "invalid request target"))?;
-    // Room for the fields forwarding adds (`x-forwarded-for` and
-    // `x-forwarded-proto`), so adding them does not regrow the map.
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    fields_from(&head, &at[..count], &mut headers)
-        .ok_or(Bad(StatusCode::BAD_REQUEST, "invalid header field"))?;
     Ok(Parsed::Head(RequestHead {
         method,
         uri,
         http11,
-        headers,
+        fields: RequestFields::new(head, fields),
         // At most MAX_BODY.
         body: body as usize,
         keep_alive,

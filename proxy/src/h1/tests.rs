@@ -266,7 +266,7 @@ async fn call(
     let head = RequestHead {
         method: &method,
         path_and_query: path,
-        headers: &h,
+        headers: Fields::Map(&h),
         overrides: &[],
     };
     send(ep, Duration::from_secs(5), &head, body)
@@ -311,7 +311,7 @@ async fn a_content_length_response_and_the_request_as_sent() {
     let head = RequestHead {
         method: &Method::POST,
         path_and_query: "/p?q=1",
-        headers: &h,
+        headers: Fields::Map(&h),
         overrides: &overrides,
     };
     let r = send(&up.ep, Duration::from_secs(5), &head, replay(b"abc"))
@@ -346,7 +346,7 @@ async fn a_content_length_response_and_the_request_as_sent() {
     let head = RequestHead {
         method: &Method::GET,
         path_and_query: "/",
-        headers: &empty,
+        headers: Fields::Map(&empty),
         overrides: &[],
     };
     let r = send(&up.ep, Duration::from_secs(5), &head, replay(b""))
@@ -915,7 +915,7 @@ fn the_head_is_encoded_in_one_buffer() {
     let head = RequestHead {
         method: &Method::DELETE,
         path_and_query: "",
-        headers: &h,
+        headers: Fields::Map(&h),
         overrides: &[],
     };
     let mut buf = Vec::new();

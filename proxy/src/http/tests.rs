@@ -64,6 +64,36 @@ fn te_trailers_passes_and_a_clean_map_is_untouched() {
     assert_eq!(names(&h), ["te"]);
 }
 
+/// The fields an HTTP/1.1 request head `raw` came with, as `h1::server`
+/// keeps them.
+fn received(raw: &str) -> h1::RequestFields {
+    h1::RequestFields::parse(raw.as_bytes()).unwrap()
+}
+
+#[test]
+fn received_fields_get_the_same_forwarded_for_as_a_map() {
+    let peer = Peer::new("10.0.0.7:4000".parse().unwrap());
+    let mut f = received("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    append_forwarded_for(&mut f, &peer);
+    assert_eq!(f.get("x-forwarded-for"), Some(&b"10.0.0.7"[..]));
+    assert_eq!(f.get("x-forwarded-proto"), Some(&b"http"[..]));
+    let mut f = received(
+        "GET / HTTP/1.1\r\nX-Forwarded-For: 192.0.2.1\r\nx-forwarded-for: 192.0.2.2\r\n\
+         X-Forwarded-Proto: https\r\n\r\n",
+    );
+    append_forwarded_for(&mut f, &peer);
+    let xff: Vec<_> = f.get_all("x-forwarded-for").collect();
+    assert_eq!(xff, [&b"192.0.2.1, 192.0.2.2, 10.0.0.7"[..]]);
+    assert_eq!(f.get("x-forwarded-proto"), Some(&b"https"[..]));
+    // The trait's edits: `insert` replaces, `remove` removes every line.
+    let fields: &mut dyn HeaderFields = &mut f;
+    fields.insert(header::HOST, HeaderValue::from_static("b"));
+    fields.remove(&X_FORWARDED_PROTO);
+    assert_eq!(fields.value("host"), Some(&b"b"[..]));
+    assert_eq!(fields.value("x-forwarded-proto"), None);
+    assert_eq!(fields.joined(&header::HOST), Some(b"b".to_vec()));
+}
+
 #[test]
 fn forwarded_for_appends_the_peer_and_keeps_a_given_proto() {
     let peer = Peer::new("10.0.0.7:4000".parse().unwrap());

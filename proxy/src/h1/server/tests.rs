@@ -24,15 +24,15 @@ impl UpstreamFields for Either<Full<Bytes>, Streamed> {
 /// The echo handler's answer: `<method> <target> <body>`; `x-stream: 1`
 /// streams it (no size), `x-status` sets the status, `x-close: 1` adds
 /// `connection: close`.
-fn echo(req: Request<Bytes>) -> Response<Either<Full<Bytes>, Streamed>> {
+fn echo(req: Request<Received>) -> Response<Either<Full<Bytes>, Streamed>> {
     let text = format!(
         "{} {} {}",
         req.method(),
         req.uri(),
-        String::from_utf8_lossy(req.body())
+        String::from_utf8_lossy(&req.body().body)
     );
-    let h = req.headers();
-    let body = if h.contains_key("x-stream") {
+    let h = &req.body().fields;
+    let body = if h.get("x-stream").is_some() {
         let (a, b) = text.split_at(text.len() / 2);
         let frames = vec![
             Ok(Frame::data(Bytes::copy_from_slice(a.as_bytes()))),
@@ -44,9 +44,9 @@ fn echo(req: Request<Bytes>) -> Response<Either<Full<Bytes>, Streamed>> {
     };
     let mut resp = Response::new(body);
     if let Some(s) = h.get("x-status") {
-        *resp.status_mut() = StatusCode::from_bytes(s.as_bytes()).unwrap();
+        *resp.status_mut() = StatusCode::from_bytes(s).unwrap();
     }
-    if h.contains_key("x-close") {
+    if h.get("x-close").is_some() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
