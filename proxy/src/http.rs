@@ -352,448 +352,459 @@ pub enum Inbound {
 /// Handles one downstream request from `peer` on an HTTP listener whose
 /// routes are the route table `route_name`, counting its response in
 /// `stats`.
-pub async fn handle(
-    proxy: &crate::Proxy,
-    route_name: &str,
-    peer: &Peer,
-    stats: &crate::listener::ListenerStats,
+///
+/// Not an `async fn`: that would store the request twice (argument and
+/// binding) in a future that lives inline in the connection's task.
+#[allow(clippy::manual_async_fn)] // written out on purpose, see above
+pub fn handle<'a>(
+    proxy: &'a crate::Proxy,
+    route_name: &'a str,
+    peer: &'a Peer,
+    stats: &'a crate::listener::ListenerStats,
     req: Request<Inbound>,
-) -> Response<RespBody> {
-    let access_log = proxy.bootstrap.access_log;
-    // Read only for the access log: a clock read per request is not free.
-    let start = access_log.then(Instant::now);
-    let (method, path, version) = if access_log {
-        (
-            req.method().clone(),
-            req.uri().path_and_query().map(|p| p.as_str().to_string()),
-            req.version(),
-        )
-    } else {
-        (Method::GET, None, Version::HTTP_11)
-    };
-    let mut out = LogInfo {
-        enabled: access_log,
-        flags: "-",
-        ..Default::default()
-    };
-    // Boxed: the forwarding future is kilobytes (the upstream attempt, its
-    // timer, the retry state), needed only while a request is in flight;
-    // inline it would make every downstream connection's task that large
-    // for its whole life, idle or not.
-    let mut resp = Box::pin(forward(proxy, route_name, peer, req, &mut out)).await;
-    stats.rq_by_class[crate::status_class(resp.status().as_u16())].fetch_add(1, Relaxed);
-    if proxy.is_draining() && resp.version() != Version::HTTP_2 {
-        // Draining: ask HTTP/1.1 clients to reconnect (to the new binary).
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+) -> impl std::future::Future<Output = Response<RespBody>> + 'a {
+    async move {
+        let access_log = proxy.bootstrap.access_log;
+        // Read only for the access log: a clock read per request is not free.
+        let start = access_log.then(Instant::now);
+        let (method, path, version) = if access_log {
+            (
+                req.method().clone(),
+                req.uri().path_and_query().map(|p| p.as_str().to_string()),
+                req.version(),
+            )
+        } else {
+            (Method::GET, None, Version::HTTP_11)
+        };
+        let mut out = LogInfo {
+            enabled: access_log,
+            flags: "-",
+            ..Default::default()
+        };
+        // Boxed: the forwarding future is kilobytes (the upstream attempt, its
+        // timer, the retry state), needed only while a request is in flight;
+        // inline it would make every downstream connection's task that large
+        // for its whole life, idle or not.
+        let mut resp = Box::pin(forward(proxy, route_name, peer, req, &mut out)).await;
+        stats.rq_by_class[crate::status_class(resp.status().as_u16())].fetch_add(1, Relaxed);
+        if proxy.is_draining() && resp.version() != Version::HTTP_2 {
+            // Draining: ask HTTP/1.1 clients to reconnect (to the new binary).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if access_log {
+            tracing::info!(
+                target: "access",
+                "\"{} {} {:?}\" {} {} {}ms {} {}",
+                method,
+                path.as_deref().unwrap_or("/"),
+                version,
+                resp.status().as_u16(),
+                out.flags,
+                start.map_or(0, |s| s.elapsed().as_millis()),
+                out.cluster.as_deref().unwrap_or("-"),
+                out.upstream.as_deref().unwrap_or("-"),
+            );
+        }
+        resp
     }
-    if access_log {
-        tracing::info!(
-            target: "access",
-            "\"{} {} {:?}\" {} {} {}ms {} {}",
-            method,
-            path.as_deref().unwrap_or("/"),
-            version,
-            resp.status().as_u16(),
-            out.flags,
-            start.map_or(0, |s| s.elapsed().as_millis()),
-            out.cluster.as_deref().unwrap_or("-"),
-            out.upstream.as_deref().unwrap_or("-"),
-        );
-    }
-    resp
 }
 
-async fn forward(
-    proxy: &crate::Proxy,
-    route_name: &str,
-    peer: &Peer,
+/// The forwarding of one request: route, cluster, attempts. Not an
+/// `async fn`, which would store the request twice (argument and binding,
+/// 416 bytes each) in a future that is boxed per request.
+fn forward<'a>(
+    proxy: &'a crate::Proxy,
+    route_name: &'a str,
+    peer: &'a Peer,
     req: Request<Inbound>,
-    out: &mut LogInfo,
-) -> Response<RespBody> {
-    let rt = proxy.runtime();
-    let Some(table) = rt.routes.get(route_name) else {
-        return out.reply(StatusCode::NOT_FOUND, "NR", "no route configuration");
-    };
-    // An HTTP/1.1 request read by `h1::server` keeps its fields as they
-    // came (no map) unless it goes to an HTTP/2 upstream.
-    let lookup: &dyn HeaderFields = match req.body() {
-        Inbound::Buffered(r) => &r.fields,
-        Inbound::Stream(_) => req.headers(),
-    };
-    let authority: &str = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| lookup.value("host").and_then(visible_ascii))
-        .unwrap_or_default();
-    let Some(vh) = table.vhost(authority) else {
-        return out.reply(
-            StatusCode::NOT_FOUND,
-            "NR",
-            &format!("no virtual host for {authority:?}"),
-        );
-    };
-    let pq_str = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let Some(route) = vh
-        .routes
-        .iter()
-        .find(|r| r.matches(req.method(), pq_str, authority, lookup))
-    else {
-        return out.reply(StatusCode::NOT_FOUND, "NR", "no route matched");
-    };
-    let f: &ForwardAction = match &route.action {
-        Action::Direct { status, body } => {
-            let mut r = Response::new(RespBody::Local(Full::new(body.clone())));
-            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-            return r;
-        }
-        Action::Forward(f) => f,
-    };
-    let cluster_name = if f.clusters.len() == 1 {
-        &f.clusters[0].0
-    } else {
-        let mut r = fastrand::u64(..f.total_weight.max(1));
-        let mut chosen = &f.clusters[0].0;
-        for (c, w) in &f.clusters {
-            if r < u64::from(*w) {
-                chosen = c;
-                break;
-            }
-            r -= u64::from(*w);
-        }
-        chosen
-    };
-    if out.enabled {
-        out.cluster = Some(cluster_name.clone());
-    }
-    let Some(cluster) = rt.clusters.get(cluster_name) else {
-        return out.reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NC",
-            &format!("cluster {cluster_name:?} not found"),
-        );
-    };
-    let downstream_h2 = req.version() == Version::HTTP_2;
-    let h2 = downstream_h2 || cluster.cfg.http2;
-    let limits = &cluster.cfg.limits;
-    let active = cluster.stats.active.load(Relaxed);
-    if active >= limits.max_requests || (!h2 && active >= limits.max_connections) {
-        cluster.stats.overflow.fetch_add(1, Relaxed);
-        let mut r = out.reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UO",
-            "upstream overflow (circuit breaker)",
-        );
-        r.headers_mut()
-            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-        return r;
-    }
-    let hash = f
-        .hash_header
-        .as_ref()
-        .and_then(|h| lookup.value(h.as_str()))
-        .map(hash64);
-
+    out: &'a mut LogInfo,
+) -> impl std::future::Future<Output = Response<RespBody>> + 'a {
     let (mut parts, body) = req.into_parts();
-    // A request read by `h1::server` gets its response written by it, from
-    // an HTTP/1.1 upstream's own bytes; hyper's server needs the map.
-    let own_server = matches!(body, Inbound::Buffered(_));
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    // Body: replayable when read whole, empty, or small with a declared
-    // length (then buffered here).
-    let (replay, mut once, mut received) = match body {
-        Inbound::Buffered(r) => (Some(r.body), None, Some(r.fields)),
-        Inbound::Stream(body) if body.is_end_stream() => (Some(Bytes::new()), None, None),
-        Inbound::Stream(body)
-            if f.retry.is_some()
-                && body
-                    .size_hint()
-                    .exact()
-                    .is_some_and(|n| n <= MAX_REPLAY_BODY) =>
-        {
-            match body.collect().await {
-                Ok(c) => (Some(c.to_bytes()), None, None),
-                Err(e) => {
-                    return out.reply(
-                        StatusCode::BAD_REQUEST,
-                        "DR",
-                        &format!("reading the request body: {e}"),
-                    );
-                }
-            }
-        }
-        Inbound::Stream(body) => (None, Some(body), None),
-    };
-    if h2 {
-        // hyper's client takes a map.
-        if let Some(r) = received.take() {
-            parts.headers = r.to_map();
-        }
-    }
-    let fields: &mut dyn HeaderFields = match &mut received {
-        Some(r) => r,
-        None => &mut parts.headers,
-    };
-    fields.strip_hop_by_hop();
-    for h in &route.remove_headers {
-        fields.remove(h);
-    }
-    if let Some(host) = &f.host_rewrite {
-        fields.insert(header::HOST, host.clone());
-    } else if !h2 && fields.value("host").is_none() {
-        if let Some(v) = parts
+    async move {
+        let rt = proxy.runtime();
+        let Some(table) = rt.routes.get(route_name) else {
+            return out.reply(StatusCode::NOT_FOUND, "NR", "no route configuration");
+        };
+        // An HTTP/1.1 request read by `h1::server` keeps its fields as they
+        // came (no map) unless it goes to an HTTP/2 upstream.
+        let lookup: &dyn HeaderFields = match &body {
+            Inbound::Buffered(r) => &r.fields,
+            Inbound::Stream(_) => &parts.headers,
+        };
+        let authority: &str = parts
             .uri
             .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            fields.insert(header::HOST, v);
-        }
-    }
-    if h2 && !downstream_h2 {
-        fields.remove(&header::HOST);
-    }
-    append_forwarded_for(fields, peer);
-
-    let idem = idempotent(&parts.method);
-    let retry = f.retry.clone().unwrap_or_default();
-    let max_attempts = 1 + if f.retry.is_some() {
-        retry.num_retries
-    } else {
-        0
-    };
-    // One clock read serves the route's deadline and the first attempt's.
-    let first = Instant::now();
-    let deadline = f.timeout.map(|t| first + t);
-    let Some(upstream) = cluster.upstream.get() else {
-        return out.reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NC",
-            "cluster not initialised",
-        );
-    };
-    let client = &upstream.h2;
-    let connect_timeout = cluster.cfg.connect_timeout;
-    let mut prev: Option<Arc<EndpointState>> = None;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let ctx = PickCtx {
-            hash,
-            subset: &f.metadata_match,
-            avoid: prev.as_ref(),
-        };
-        let Some(host) = cluster.pick(&ctx) else {
-            cluster.stats.no_healthy.fetch_add(1, Relaxed);
-            return out.reply(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream");
-        };
-        let ep = Arc::clone(&host.state);
-        if out.enabled {
-            out.upstream = Some(ep.authority.clone());
-        }
-        let Some(up_authority) = &ep.uri_authority else {
+            .map(|a| a.as_str())
+            .or_else(|| lookup.value("host").and_then(visible_ascii))
+            .unwrap_or_default();
+        let Some(vh) = table.vhost(authority) else {
             return out.reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UH",
-                &format!(
-                    "endpoint address {:?} is not a valid authority",
-                    ep.authority
-                ),
+                StatusCode::NOT_FOUND,
+                "NR",
+                &format!("no virtual host for {authority:?}"),
             );
         };
-        let last_try = attempt >= max_attempts;
-        let port_header = host
-            .cfg
-            .app_port
-            .map(|p| (HeaderName::from_static(PORT_HEADER), HeaderValue::from(p)));
-        // HTTP/2 goes through hyper's client (a full request with a URI);
-        // HTTP/1.1 through `h1`, which borrows the head.
-        let prepared = if h2 {
-            let uri = Uri::builder()
-                .scheme(http::uri::Scheme::HTTP)
-                .authority(up_authority.clone())
-                .path_and_query(pq.clone())
-                .build();
-            let uri: Uri = match uri {
-                Ok(u) => u,
-                Err(e) => {
-                    return out.reply(
-                        StatusCode::BAD_REQUEST,
-                        "DPE",
-                        &format!("request target: {e}"),
-                    );
-                }
-            };
-            let body = match (&replay, once.take()) {
-                (Some(b), _) => Either::Left(Full::new(b.clone())),
-                (None, Some(b)) => Either::Right(b),
-                (None, None) => unreachable_body(),
-            };
-            let mut builder = Request::builder()
-                .method(parts.method.clone())
-                .uri(uri)
-                .version(Version::HTTP_2);
-            if let Some(h) = builder.headers_mut() {
-                *h = if last_try && replay.is_none() {
-                    std::mem::take(&mut parts.headers)
-                } else {
-                    parts.headers.clone()
-                };
-                if let Some((n, v)) = &port_header {
-                    h.insert(n.clone(), v.clone());
-                }
+        let pq_str = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Some(route) = vh
+            .routes
+            .iter()
+            .find(|r| r.matches(&parts.method, pq_str, authority, lookup))
+        else {
+            return out.reply(StatusCode::NOT_FOUND, "NR", "no route matched");
+        };
+        let f: &ForwardAction = match &route.action {
+            Action::Direct { status, body } => {
+                let mut r = Response::new(RespBody::Local(Full::new(body.clone())));
+                *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                return r;
             }
-            let Ok(up_req) = builder.body(body) else {
-                return out.reply(StatusCode::BAD_REQUEST, "DPE", "invalid request");
-            };
-            Prepared::H2(up_req)
+            Action::Forward(f) => f,
+        };
+        let cluster_name = if f.clusters.len() == 1 {
+            &f.clusters[0].0
         } else {
-            Prepared::H1(match (&replay, once.take()) {
-                (Some(b), _) => h1::RequestBody::Replay(b.clone()),
-                (None, Some(b)) => h1::RequestBody::Stream(b),
-                // See `unreachable_body`.
-                (None, None) => h1::RequestBody::Replay(Bytes::new()),
-            })
-        };
-        let started = if attempt == 1 { first } else { Instant::now() };
-        let mut guard = ActiveGuard::new(&ep, &cluster.stats, attempt > 1, started);
-        let try_deadline = match retry.per_try_timeout {
-            Some(pt) => Some(deadline.map_or(started + pt, |d| d.min(started + pt))),
-            None => deadline,
-        };
-        // Pinned where it is made: moved into `until` by value, the
-        // attempt (about 1.5 KB) would be copied, and stored, twice more.
-        let result = {
-            let call = pin!(async {
-                match prepared {
-                    Prepared::H2(up_req) => client
-                        .request(up_req)
-                        .await
-                        .map(|r| r.map(UpBody::H2))
-                        .map_err(UpError::H2),
-                    Prepared::H1(body) => {
-                        let head = h1::RequestHead {
-                            method: &parts.method,
-                            path_and_query: pq.as_str(),
-                            headers: match &received {
-                                Some(r) => h1::Fields::Received(r),
-                                None => h1::Fields::Map(&parts.headers),
-                            },
-                            overrides: port_header.as_slice(),
-                        };
-                        h1::send(&ep.h1, connect_timeout, &head, body)
-                            .await
-                            .map(|r| r.map(UpBody::H1))
-                            .map_err(UpError::H1)
-                    }
+            let mut r = fastrand::u64(..f.total_weight.max(1));
+            let mut chosen = &f.clusters[0].0;
+            for (c, w) in &f.clusters {
+                if r < u64::from(*w) {
+                    chosen = c;
+                    break;
                 }
-            });
-            crate::until(try_deadline, call).await
-        };
-        // Evaluated only for a retriable outcome (it reads the clock).
-        let retries_left = || {
-            !last_try
-                && replay.is_some()
-                && deadline.is_none_or(|d| Instant::now() < d)
-                && cluster.stats.active_retries.load(Relaxed) < cluster.cfg.limits.max_retries
-        };
-        match result {
-            Some(Ok(resp)) => {
-                let status = resp.status().as_u16();
-                cluster.stats.by_class[crate::status_class(status)].fetch_add(1, Relaxed);
-                if status >= 500 {
-                    ep.stats.errors.fetch_add(1, Relaxed);
-                    cluster.record(&ep, Outcome::Status(status));
-                } else {
-                    cluster.record(&ep, Outcome::Success);
-                }
-                let retriable = f.retry.is_some()
-                    && idem
-                    && ((retry.on_5xx && status >= 500)
-                        || (retry.on_gateway_error && (502..=504).contains(&status))
-                        || retry.status_codes.contains(&status));
-                if retriable && retries_left() {
-                    drop(resp);
-                    drop(guard);
-                    cluster.stats.retries.fetch_add(1, Relaxed);
-                    prev = Some(ep);
-                    tokio::time::sleep(retry_backoff(attempt - 1)).await;
-                    continue;
-                }
-                guard.timed = true;
-                let (mut p, b) = resp.into_parts();
-                let b = match b {
-                    UpBody::H2(b) => {
-                        strip_hop_by_hop(&mut p.headers);
-                        RespBody::Upstream(b, guard)
-                    }
-                    // Its fields are in the body, hop-by-hop ones already
-                    // left out (`h1::UpstreamHead`).
-                    UpBody::H1(mut b) => {
-                        if !own_server {
-                            b.head_into(&mut p.headers);
-                        }
-                        RespBody::H1(b, guard)
-                    }
-                };
-                return Response::from_parts(p, b);
+                r -= u64::from(*w);
             }
-            Some(Err(e)) => {
-                drop(guard);
-                let connect = e.is_connect();
-                cluster.stats.by_class[0].fetch_add(1, Relaxed);
-                ep.stats.errors.fetch_add(1, Relaxed);
-                if connect {
-                    ep.stats.connect_failures.fetch_add(1, Relaxed);
-                    cluster.stats.connect_failures.fetch_add(1, Relaxed);
+            chosen
+        };
+        if out.enabled {
+            out.cluster = Some(cluster_name.clone());
+        }
+        let Some(cluster) = rt.clusters.get(cluster_name) else {
+            return out.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NC",
+                &format!("cluster {cluster_name:?} not found"),
+            );
+        };
+        let downstream_h2 = parts.version == Version::HTTP_2;
+        let h2 = downstream_h2 || cluster.cfg.http2;
+        let limits = &cluster.cfg.limits;
+        let active = cluster.stats.active.load(Relaxed);
+        if active >= limits.max_requests || (!h2 && active >= limits.max_connections) {
+            cluster.stats.overflow.fetch_add(1, Relaxed);
+            let mut r = out.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UO",
+                "upstream overflow (circuit breaker)",
+            );
+            r.headers_mut()
+                .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            return r;
+        }
+        let hash = f
+            .hash_header
+            .as_ref()
+            .and_then(|h| lookup.value(h.as_str()))
+            .map(hash64);
+
+        // A request read by `h1::server` gets its response written by it, from
+        // an HTTP/1.1 upstream's own bytes; hyper's server needs the map.
+        let own_server = matches!(body, Inbound::Buffered(_));
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // Body: replayable when read whole, empty, or small with a declared
+        // length (then buffered here).
+        let (replay, mut once, mut received) = match body {
+            Inbound::Buffered(r) => (Some(r.body), None, Some(r.fields)),
+            Inbound::Stream(body) if body.is_end_stream() => (Some(Bytes::new()), None, None),
+            Inbound::Stream(body)
+                if f.retry.is_some()
+                    && body
+                        .size_hint()
+                        .exact()
+                        .is_some_and(|n| n <= MAX_REPLAY_BODY) =>
+            {
+                match body.collect().await {
+                    Ok(c) => (Some(c.to_bytes()), None, None),
+                    Err(e) => {
+                        return out.reply(
+                            StatusCode::BAD_REQUEST,
+                            "DR",
+                            &format!("reading the request body: {e}"),
+                        );
+                    }
                 }
-                cluster.record(&ep, Outcome::LocalFailure);
-                let retriable = f.retry.is_some()
-                    && if connect {
-                        retry.on_connect_failure || retry.on_5xx || retry.on_gateway_error
-                    } else {
-                        idem && (retry.on_reset || retry.on_5xx || retry.on_refused_stream)
-                    };
-                if retriable && retries_left() {
-                    cluster.stats.retries.fetch_add(1, Relaxed);
-                    prev = Some(ep);
-                    tokio::time::sleep(retry_backoff(attempt - 1)).await;
-                    continue;
-                }
-                let (flags, what) = if connect {
-                    ("UF", "connection failure")
-                } else {
-                    ("UR", "reset")
-                };
+            }
+            Inbound::Stream(body) => (None, Some(body), None),
+        };
+        if h2 {
+            // hyper's client takes a map.
+            if let Some(r) = received.take() {
+                parts.headers = r.to_map();
+            }
+        }
+        let fields: &mut dyn HeaderFields = match &mut received {
+            Some(r) => r,
+            None => &mut parts.headers,
+        };
+        fields.strip_hop_by_hop();
+        for h in &route.remove_headers {
+            fields.remove(h);
+        }
+        if let Some(host) = &f.host_rewrite {
+            fields.insert(header::HOST, host.clone());
+        } else if !h2 && fields.value("host").is_none() {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                fields.insert(header::HOST, v);
+            }
+        }
+        if h2 && !downstream_h2 {
+            fields.remove(&header::HOST);
+        }
+        append_forwarded_for(fields, peer);
+
+        let idem = idempotent(&parts.method);
+        let retry = f.retry.clone().unwrap_or_default();
+        let max_attempts = 1 + if f.retry.is_some() {
+            retry.num_retries
+        } else {
+            0
+        };
+        // One clock read serves the route's deadline and the first attempt's.
+        let first = Instant::now();
+        let deadline = f.timeout.map(|t| first + t);
+        let Some(upstream) = cluster.upstream.get() else {
+            return out.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NC",
+                "cluster not initialised",
+            );
+        };
+        let client = &upstream.h2;
+        let connect_timeout = cluster.cfg.connect_timeout;
+        let mut prev: Option<Arc<EndpointState>> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let ctx = PickCtx {
+                hash,
+                subset: &f.metadata_match,
+                avoid: prev.as_ref(),
+            };
+            let Some(host) = cluster.pick(&ctx) else {
+                cluster.stats.no_healthy.fetch_add(1, Relaxed);
+                return out.reply(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream");
+            };
+            let ep = Arc::clone(&host.state);
+            if out.enabled {
+                out.upstream = Some(ep.authority.clone());
+            }
+            let Some(up_authority) = &ep.uri_authority else {
                 return out.reply(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    flags,
+                    "UH",
                     &format!(
-                        "upstream connect error or disconnect/reset before headers: {what}: {e}"
+                        "endpoint address {:?} is not a valid authority",
+                        ep.authority
                     ),
                 );
-            }
-            None => {
-                drop(guard);
-                cluster.stats.timeouts.fetch_add(1, Relaxed);
-                cluster.stats.by_class[0].fetch_add(1, Relaxed);
-                cluster.record(&ep, Outcome::LocalFailure);
-                let retriable =
-                    f.retry.is_some() && idem && (retry.on_5xx || retry.on_gateway_error);
-                if retriable && retries_left() {
-                    cluster.stats.retries.fetch_add(1, Relaxed);
-                    prev = Some(ep);
-                    continue;
+            };
+            let last_try = attempt >= max_attempts;
+            let port_header = host
+                .cfg
+                .app_port
+                .map(|p| (HeaderName::from_static(PORT_HEADER), HeaderValue::from(p)));
+            // HTTP/2 goes through hyper's client (a full request with a URI);
+            // HTTP/1.1 through `h1`, which borrows the head.
+            let prepared = if h2 {
+                let uri = Uri::builder()
+                    .scheme(http::uri::Scheme::HTTP)
+                    .authority(up_authority.clone())
+                    .path_and_query(pq.clone())
+                    .build();
+                let uri: Uri = match uri {
+                    Ok(u) => u,
+                    Err(e) => {
+                        return out.reply(
+                            StatusCode::BAD_REQUEST,
+                            "DPE",
+                            &format!("request target: {e}"),
+                        );
+                    }
+                };
+                let body = match (&replay, once.take()) {
+                    (Some(b), _) => Either::Left(Full::new(b.clone())),
+                    (None, Some(b)) => Either::Right(b),
+                    (None, None) => unreachable_body(),
+                };
+                let mut builder = Request::builder()
+                    .method(parts.method.clone())
+                    .uri(uri)
+                    .version(Version::HTTP_2);
+                if let Some(h) = builder.headers_mut() {
+                    *h = if last_try && replay.is_none() {
+                        std::mem::take(&mut parts.headers)
+                    } else {
+                        parts.headers.clone()
+                    };
+                    if let Some((n, v)) = &port_header {
+                        h.insert(n.clone(), v.clone());
+                    }
                 }
-                return out.reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "UT",
-                    "upstream request timeout",
-                );
+                let Ok(up_req) = builder.body(body) else {
+                    return out.reply(StatusCode::BAD_REQUEST, "DPE", "invalid request");
+                };
+                Prepared::H2(up_req)
+            } else {
+                Prepared::H1(match (&replay, once.take()) {
+                    (Some(b), _) => h1::RequestBody::Replay(b.clone()),
+                    (None, Some(b)) => h1::RequestBody::Stream(b),
+                    // See `unreachable_body`.
+                    (None, None) => h1::RequestBody::Replay(Bytes::new()),
+                })
+            };
+            let started = if attempt == 1 { first } else { Instant::now() };
+            let mut guard = ActiveGuard::new(&ep, &cluster.stats, attempt > 1, started);
+            let try_deadline = match retry.per_try_timeout {
+                Some(pt) => Some(deadline.map_or(started + pt, |d| d.min(started + pt))),
+                None => deadline,
+            };
+            // Pinned where it is made: moved into `until` by value, the
+            // attempt (about 1.5 KB) would be copied, and stored, twice more.
+            let result = {
+                let call = pin!(async {
+                    match prepared {
+                        Prepared::H2(up_req) => client
+                            .request(up_req)
+                            .await
+                            .map(|r| r.map(UpBody::H2))
+                            .map_err(UpError::H2),
+                        Prepared::H1(body) => {
+                            let head = h1::RequestHead {
+                                method: &parts.method,
+                                path_and_query: pq.as_str(),
+                                headers: match &received {
+                                    Some(r) => h1::Fields::Received(r),
+                                    None => h1::Fields::Map(&parts.headers),
+                                },
+                                overrides: port_header.as_slice(),
+                            };
+                            h1::send(&ep.h1, connect_timeout, &head, body)
+                                .await
+                                .map(|r| r.map(UpBody::H1))
+                                .map_err(UpError::H1)
+                        }
+                    }
+                });
+                crate::until(try_deadline, call).await
+            };
+            // Evaluated only for a retriable outcome (it reads the clock).
+            let retries_left = || {
+                !last_try
+                    && replay.is_some()
+                    && deadline.is_none_or(|d| Instant::now() < d)
+                    && cluster.stats.active_retries.load(Relaxed) < cluster.cfg.limits.max_retries
+            };
+            match result {
+                Some(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    cluster.stats.by_class[crate::status_class(status)].fetch_add(1, Relaxed);
+                    if status >= 500 {
+                        ep.stats.errors.fetch_add(1, Relaxed);
+                        cluster.record(&ep, Outcome::Status(status));
+                    } else {
+                        cluster.record(&ep, Outcome::Success);
+                    }
+                    let retriable = f.retry.is_some()
+                        && idem
+                        && ((retry.on_5xx && status >= 500)
+                            || (retry.on_gateway_error && (502..=504).contains(&status))
+                            || retry.status_codes.contains(&status));
+                    if retriable && retries_left() {
+                        drop(resp);
+                        drop(guard);
+                        cluster.stats.retries.fetch_add(1, Relaxed);
+                        prev = Some(ep);
+                        tokio::time::sleep(retry_backoff(attempt - 1)).await;
+                        continue;
+                    }
+                    guard.timed = true;
+                    let (mut p, b) = resp.into_parts();
+                    let b = match b {
+                        UpBody::H2(b) => {
+                            strip_hop_by_hop(&mut p.headers);
+                            RespBody::Upstream(b, guard)
+                        }
+                        // Its fields are in the body, hop-by-hop ones already
+                        // left out (`h1::UpstreamHead`).
+                        UpBody::H1(mut b) => {
+                            if !own_server {
+                                b.head_into(&mut p.headers);
+                            }
+                            RespBody::H1(b, guard)
+                        }
+                    };
+                    return Response::from_parts(p, b);
+                }
+                Some(Err(e)) => {
+                    drop(guard);
+                    let connect = e.is_connect();
+                    cluster.stats.by_class[0].fetch_add(1, Relaxed);
+                    ep.stats.errors.fetch_add(1, Relaxed);
+                    if connect {
+                        ep.stats.connect_failures.fetch_add(1, Relaxed);
+                        cluster.stats.connect_failures.fetch_add(1, Relaxed);
+                    }
+                    cluster.record(&ep, Outcome::LocalFailure);
+                    let retriable = f.retry.is_some()
+                        && if connect {
+                            retry.on_connect_failure || retry.on_5xx || retry.on_gateway_error
+                        } else {
+                            idem && (retry.on_reset || retry.on_5xx || retry.on_refused_stream)
+                        };
+                    if retriable && retries_left() {
+                        cluster.stats.retries.fetch_add(1, Relaxed);
+                        prev = Some(ep);
+                        tokio::time::sleep(retry_backoff(attempt - 1)).await;
+                        continue;
+                    }
+                    let (flags, what) = if connect {
+                        ("UF", "connection failure")
+                    } else {
+                        ("UR", "reset")
+                    };
+                    return out.reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        flags,
+                        &format!(
+                            "upstream connect error or disconnect/reset before headers: {what}: {e}"
+                        ),
+                    );
+                }
+                None => {
+                    drop(guard);
+                    cluster.stats.timeouts.fetch_add(1, Relaxed);
+                    cluster.stats.by_class[0].fetch_add(1, Relaxed);
+                    cluster.record(&ep, Outcome::LocalFailure);
+                    let retriable =
+                        f.retry.is_some() && idem && (retry.on_5xx || retry.on_gateway_error);
+                    if retriable && retries_left() {
+                        cluster.stats.retries.fetch_add(1, Relaxed);
+                        prev = Some(ep);
+                        continue;
+                    }
+                    return out.reply(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "UT",
+                        "upstream request timeout",
+                    );
+                }
             }
         }
     }

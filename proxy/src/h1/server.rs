@@ -502,15 +502,20 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Parsed, Bad> {
 }
 
 /// Writes the response; whether the connection may serve another request.
-async fn write_response<B>(
-    conn: &mut Conn,
+///
+/// The head is encoded when this is called, the body written as the
+/// future is polled. Not an `async fn`: that would keep the response and
+/// its parts (twice its size) in the connection's task while the body is
+/// written.
+fn write_response<'a, B>(
+    conn: &'a mut Conn,
     resp: Response<B>,
     is_head: bool,
     http11: bool,
     mut close: bool,
-) -> bool
+) -> impl std::future::Future<Output = bool> + 'a
 where
-    B: Body<Data = Bytes> + UpstreamFields + Unpin,
+    B: Body<Data = Bytes> + UpstreamFields + Unpin + 'a,
     B::Error: Into<BoxError>,
 {
     let (parts, mut body) = resp.into_parts();
@@ -539,11 +544,13 @@ where
         close,
         http11,
     );
-    let written = write_body(conn, framing, &parts.headers, body).await;
-    if let Err(e) = &written {
-        tracing::debug!(error = ?e, "writing the response failed; closing the connection");
+    async move {
+        let written = write_body(conn, framing, &parts.headers, body).await;
+        if let Err(e) = &written {
+            tracing::debug!(error = ?e, "writing the response failed; closing the connection");
+        }
+        written.is_ok() && !close
     }
-    written.is_ok() && !close
 }
 
 /// Encodes a response's status line and fields (RFC 9112 §4, §5): the
