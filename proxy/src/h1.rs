@@ -304,13 +304,9 @@ where
         RequestBody::Stream(b) if b.is_end_stream() => RequestBody::Replay(Bytes::new()),
         b => b,
     };
-    // Dialling and streaming a body are boxed where they are awaited:
-    // inline, their futures (about 400 and 800 bytes) would be part of
-    // every request's, which is boxed per request and mostly reuses a
-    // pooled connection for a buffered body.
     let (mut conn, mut reused) = match ep.checkout() {
         Some(c) => (c, true),
-        None => (Box::pin(ep.connect(connect_timeout)).await?, false),
+        None => (ep.connect(connect_timeout).await?, false),
     };
     let mut resp = match body {
         RequestBody::Replay(bytes) => loop {
@@ -322,14 +318,14 @@ where
                         error = %e,
                         "pooled connection was closed; resending on a new one"
                     );
-                    conn = Box::pin(ep.connect(connect_timeout)).await?;
+                    conn = ep.connect(connect_timeout).await?;
                     reused = false;
                 }
                 r => break r?,
             }
         },
         RequestBody::Stream(b) => {
-            Box::pin(write_stream(&mut conn, head, &ep.authority, b)).await?;
+            write_stream(&mut conn, head, &ep.authority, b).await?;
             read_head(&mut conn, &mut false).await?
         }
     };

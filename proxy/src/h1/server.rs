@@ -502,20 +502,15 @@ fn parse_request(buf: &mut BytesMut, first: bool) -> Result<Parsed, Bad> {
 }
 
 /// Writes the response; whether the connection may serve another request.
-///
-/// The head is encoded when this is called, the body written as the
-/// future is polled. Not an `async fn`: that would keep the response and
-/// its parts (twice its size) in the connection's task while the body is
-/// written.
-fn write_response<'a, B>(
-    conn: &'a mut Conn,
+async fn write_response<B>(
+    conn: &mut Conn,
     resp: Response<B>,
     is_head: bool,
     http11: bool,
     mut close: bool,
-) -> impl std::future::Future<Output = bool> + 'a
+) -> bool
 where
-    B: Body<Data = Bytes> + UpstreamFields + Unpin + 'a,
+    B: Body<Data = Bytes> + UpstreamFields + Unpin,
     B::Error: Into<BoxError>,
 {
     let (parts, mut body) = resp.into_parts();
@@ -544,13 +539,11 @@ where
         close,
         http11,
     );
-    async move {
-        let written = write_body(conn, framing, &parts.headers, body).await;
-        if let Err(e) = &written {
-            tracing::debug!(error = ?e, "writing the response failed; closing the connection");
-        }
-        written.is_ok() && !close
+    let written = write_body(conn, framing, &parts.headers, body).await;
+    if let Err(e) = &written {
+        tracing::debug!(error = ?e, "writing the response failed; closing the connection");
     }
+    written.is_ok() && !close
 }
 
 /// Encodes a response's status line and fields (RFC 9112 §4, §5): the
